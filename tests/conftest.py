@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny model the tests build themselves, and the real data in ../shared/data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ADPO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+SAMPLE_TEXT = [
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\n"
+    "Answer: Tom has 3 + 4 = 7 apples.\n#### 7",
+    "Question: A box holds 12 pens. How many pens are in 5 boxes?\nAnswer: 12 * 5 = 60 pens.\n#### 60",
+    "Problem: What is $\\frac{1}{2} + \\frac{1}{4}$?\nSolution: $\\frac{3}{4}$. The answer is \\boxed{\\frac{3}{4}}.",
+    "The answer is 42. Final Answer: The final answer is $5$. I hope it is correct.",
+] * 20
+
+
+def shared_data_path(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real benchmark data not found at {path} (expected ../shared/data beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random 2-layer, 64-wide Llama with a byte-level BPE tokenizer, saved in the transformers format."""
+    from adpo.toy.model import build_tiny_llama
+    from adpo.toy.tokenizer import build_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    tokenizer = build_tokenizer(SAMPLE_TEXT, out, vocab_size=384)
+    build_tiny_llama(tokenizer, out, hidden_size=64, num_layers=2, num_heads=4, seed=0)
+    return out
