@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+# Tests never reach a hub, never stream to wandb.ai, and leave the two cores to the processes they start.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ADPO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
