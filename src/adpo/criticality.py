@@ -1,0 +1,78 @@
+"""cDPO critical-token estimation (method.md, "cDPO contrastive estimation").
+
+With logits z+ of a model fine-tuned on correct answers and z- of one fine-tuned on wrong answers,
+    p_CE(y_t) = softmax_v( (1 + lambda) z+_t - lambda z-_t )[y_t]
+is high where the "good" model likes token y_t more than the "bad" one. A rejected token's weight is
+a^l_t = 1 - p_CE(y^l_t) (critical tokens of a wrong answer weigh most); a chosen token's, optionally, p_CE(y^w_t).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from adpo.data.tokenize import EncodedResponse
+from adpo.losses import per_token_logps
+
+
+def contrastive_token_probs(pos_logits: torch.Tensor, neg_logits: torch.Tensor, labels: torch.Tensor,
+                            lam: float = 1.0) -> torch.Tensor:
+    """p_CE of each label: logits [B, T, V] (the positions that predict `labels` [B, T]) -> probabilities [B, T]."""
+    combined = (1.0 + lam) * pos_logits.float() - lam * neg_logits.float()
+    return per_token_logps(combined, labels).exp().clamp_(0.0, 1.0)
+
+
+def rejected_weights(p_ce: torch.Tensor) -> torch.Tensor:
+    return 1.0 - p_ce
+
+
+def chosen_weights(p_ce: torch.Tensor) -> torch.Tensor:
+    return p_ce
+
+
+def pad_batch(encoded: Sequence[EncodedResponse], pad_id: int, with_labels: bool = False) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids and attention_mask; labels (response tokens only, -100 elsewhere) if asked."""
+    width = max(len(e.input_ids) for e in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    for row, e in enumerate(encoded):
+        ids = torch.tensor(e.input_ids, dtype=torch.long)
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+        labels[row, len(e.prompt_ids): len(ids)] = ids[len(e.prompt_ids):]
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if with_labels:
+        batch["labels"] = labels
+    return batch
+
+
+@torch.no_grad()
+def score_responses(model, encoded: Sequence[EncodedResponse], *, pad_id: int, positive: str = "positive",
+                    negative: str = "negative", lam: float = 1.0, batch_size: int = 8,
+                    device: torch.device | str = "cpu", progress: bool = False) -> list[torch.Tensor]:
+    """p_CE of every response token of every encoded (prompt, response), in input order.
+
+    `model` is a peft model holding both adapters; each batch runs once under each. Responses are batched by
+    length so that little is padded.
+    """
+    for e in encoded:
+        if not e.prompt_ids:
+            raise ValueError("a response needs at least one prompt token before it (the plain prompt's BOS)")
+    model.eval()
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    out: list[torch.Tensor | None] = [None] * len(encoded)
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    for idx in tqdm(batches, desc="p_CE", unit="batch", disable=not progress):
+        batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], pad_id).items()}
+        model.set_adapter(positive)
+        pos_logits = model(**batch).logits[:, :-1]
+        model.set_adapter(negative)
+        neg_logits = model(**batch).logits[:, :-1]
+        probs = contrastive_token_probs(pos_logits, neg_logits, batch["input_ids"][:, 1:], lam).cpu()
+        for row, i in enumerate(idx):
+            start = len(encoded[i].prompt_ids) - 1  # logits at position t predict token t + 1
+            out[i] = probs[row, start: start + len(encoded[i].response_ids)]
+    return out  # type: ignore[return-value]

@@ -1,0 +1,150 @@
+"""Stage 'pairs': graded samples -> pairs.jsonl (cDPO rule, src/adpo/pairing.py) + stats.json.
+
+The prompt of a pair is the zero-shot TRAINING prompt (method.md), whatever prompt the samples were drawn with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from adpo.config import stage_main
+from adpo.data.records import Problem
+from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
+from adpo.manifest import is_complete, read_manifest, write_manifest
+from adpo.pairing import PairChoice, build_pairs, read_samples, sample_files
+
+log = logging.getLogger(__name__)
+
+
+def samples_inputs(samples_dir: Path) -> list[Path]:
+    """What identifies the samples: the sample stage's manifest, or (hand-made samples) every shard's content."""
+    if (samples_dir / "manifest.json").is_file():
+        return [samples_dir]
+    return sample_files(samples_dir)
+
+
+def check_samples_finished(samples_dir: Path) -> dict | None:
+    """The sample stage's manifest; refuses samples from a run that did not finish (pairs would silently miss
+    questions). Hand-made samples without a manifest are accepted as they are."""
+    manifest = read_manifest(samples_dir)
+    if manifest is None:
+        log.warning("%s has no manifest.json: using its shards as a finished sample set", samples_dir)
+        return None
+    if manifest.get("status") != "complete":
+        raise DataError(f"{samples_dir}/manifest.json: sampling status is {manifest.get('status')!r}, not "
+                        "'complete'; rerun the sample stage (it resumes from its shards)")
+    return manifest
+
+
+def provenance_base(cfg: DictConfig, samples_manifest: dict | None) -> dict[str, Any]:
+    """Model, sampling config and seeds the samples came from (their manifest; else this run's config)."""
+    source = samples_manifest["config"] if samples_manifest else OmegaConf.to_container(cfg, resolve=True)
+    model = source.get("model") or {}
+    return {
+        "model": model.get("name_or_path"),
+        "sampling": source.get("sampling"),
+        "sampling_seed": source.get("seed"),
+        "pairing_seed": int(cfg.pairing.seed),
+        "source": "samples manifest" if samples_manifest else "config (samples had no manifest)",
+    }
+
+
+def training_prompt_builder(cfg: DictConfig):
+    """problem -> the zero-shot training prompt, plain or through the tokenizer's chat template."""
+    from adpo.data.prompts import build_prompt
+
+    prompt_format = cfg.model.prompt_format
+    tokenizer = None
+    if prompt_format == "chat":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(cfg.model.name_or_path),
+                                                  trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
+    return lambda problem: build_prompt(problem, style="zero_shot", prompt_format=prompt_format, tokenizer=tokenizer)
+
+
+def default_dataset(cfg: DictConfig) -> str | None:
+    data = cfg.get("data") or {}
+    return data.get("dataset") or data.get("name")
+
+
+def pair_row(pair: PairChoice, prompt: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    c, r = pair.chosen, pair.rejected
+    return {
+        "id": f"{c.problem_id}-{pair.rank}",
+        "prompt": prompt,
+        "chosen": c.text,
+        "rejected": r.text,
+        "problem_id": c.problem_id,
+        "question": c.question,
+        "gold": c.gold,
+        "chosen_answer": c.extracted,
+        "rejected_answer": r.extracted,
+        "rejected_group_size": pair.rejected_group_size,
+        "provenance": {**provenance, "chosen_sample_index": c.sample_index, "rejected_sample_index": r.sample_index},
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    width = max(len(k) for k in summary)
+    lines = [f"{'statistic':<{width}}  value", f"{'-' * width}  -----"]
+    for key, value in summary.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> Path:
+    samples_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
+    inputs = samples_inputs(samples_dir)
+    if not inputs:
+        raise DataError(f"{samples_dir}: no sample shards (shard-*.jsonl); run the sample stage first")
+    if is_complete(output_dir, cfg, inputs):
+        log.info("pairs: %s is complete for this config and these samples; nothing to do", output_dir)
+        return output_dir / "pairs.jsonl"
+    samples_manifest = check_samples_finished(samples_dir)
+
+    samples = read_samples(samples_dir)
+    pairing = cfg.pairing
+    pairs, stats = build_pairs(samples, pairs_per_question=int(pairing.pairs_per_question), seed=int(pairing.seed),
+                               drop_truncated=bool(pairing.drop_truncated))
+
+    prompt_of = training_prompt_builder(cfg)
+    fallback_dataset = default_dataset(cfg)
+    provenance = provenance_base(cfg, samples_manifest)
+    rows = []
+    for pair in pairs:
+        c = pair.chosen
+        dataset = c.dataset or fallback_dataset
+        if dataset is None:
+            raise DataError(f"{samples_dir}: sample rows of problem {c.problem_id!r} have no 'dataset' field and "
+                            "the config names none (data.dataset)")
+        problem = Problem(id=c.problem_id, dataset=dataset, question=c.question, gold=c.gold)
+        rows.append(pair_row(pair, prompt_of(problem), provenance))
+
+    summary = stats.summary()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(output_dir / "pairs.jsonl", rows)
+    atomic_write_jsonl(output_dir / "question_stats.jsonl",
+                       ({"problem_id": pid, **vars(q)} for pid, q in stats.per_question.items()))
+    atomic_write_json(output_dir / "stats.json", {**summary, "provenance": provenance,
+                                                  "pairing": OmegaConf.to_container(pairing, resolve=True)})
+    print(f"pairs: {len(rows)} pairs from {stats.questions} questions -> {output_dir / 'pairs.jsonl'}")
+    print(format_table(summary), flush=True)
+    if summary["questions"] and summary["questions_with_both"] == 0:
+        log.warning("no question has both a correct and a wrong answer: check the temperature and the grader")
+    write_manifest(output_dir, "pairs", cfg, inputs,
+                   outputs={"pairs": "pairs.jsonl", "stats": "stats.json", "num_pairs": len(rows),
+                            "stats_summary": json.loads(json.dumps(summary))})
+    return output_dir / "pairs.jsonl"
+
+
+main = stage_main("pairs")(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Stage 'weights': pairs + graded samples -> the same pairs with cDPO per-token criticality weights.
+
+1. Fine-tune a positive LoRA adapter on the correct samples and a negative one on the wrong samples (both on the
+   zero-shot training prompt, loss on response tokens only), on one copy of the base model.
+2. For each pair, p_CE of every response token (adpo.criticality), on exactly the tokens of
+   adpo.data.tokenize.encode_pair with the model's settings, so the train stage can line weights up with its tokens.
+3. pairs.jsonl = input pairs + rejected_weights (1 - p_CE) [+ chosen_weights (p_CE)] + weights_tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from adpo.config import stage_main
+from adpo.criticality import chosen_weights, rejected_weights, score_responses
+from adpo.data.records import Problem
+from adpo.data.tokenize import EncodedResponse, encode_pair
+from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, file_sha256, iter_jsonl, require_field
+from adpo.lora_finetune import (SFTConfig, add_adapter, load_adapter, make_lora_config, save_adapter,
+                                saved_adapter_key, train_adapter)
+from adpo.manifest import is_complete, write_manifest
+from adpo.pairing import Sample, read_samples, sample_files
+from adpo.stages.pairs import check_samples_finished, default_dataset, samples_inputs, training_prompt_builder
+from adpo.tracking import init_wandb
+
+log = logging.getLogger(__name__)
+ADAPTERS = ("positive", "negative")
+
+
+def read_pairs(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        for field in ("id", "prompt", "chosen", "rejected"):
+            require_field(row, field, str, where, non_empty=True)
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no pairs")
+    return rows
+
+
+def encoder(cfg: DictConfig, tokenizer):
+    m = cfg.model
+    return lambda prompt, response: encode_pair(
+        tokenizer, prompt, response, prompt_format=m.prompt_format, max_prompt_length=m.get("max_prompt_length"),
+        max_length=m.get("max_length"))
+
+
+class LazyEncoded(Sequence[EncodedResponse]):
+    """(prompt, response) pairs encoded when read: a few hundred thousand samples stay strings, not int lists."""
+
+    def __init__(self, items: list[tuple[str, str]], encode) -> None:
+        self.items, self.encode = items, encode
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self.encode(*item) for item in self.items[i]]
+        return self.encode(*self.items[i])
+
+
+def finetune_sets(samples: list[Sample], cfg: DictConfig, encode, seed: int) -> dict[str, LazyEncoded]:
+    """Training examples of the positive (correct) and negative (wrong) models, duplicates per question removed."""
+    c = cfg.criticality
+    prompt_of = training_prompt_builder(cfg)
+    fallback_dataset = default_dataset(cfg)
+    prompts: dict[str, str] = {}
+    seen: set[tuple[str, str, bool]] = set()
+    texts: dict[str, list[tuple[str, str]]] = {"positive": [], "negative": []}
+    for s in samples:
+        if not s.text.strip() or (not s.has_answer and not c.negative_include_no_answer):
+            continue
+        key = (s.problem_id, s.text.strip(), s.correct)
+        if key in seen:
+            continue
+        seen.add(key)
+        if s.problem_id not in prompts:
+            dataset = s.dataset or fallback_dataset
+            if dataset is None:
+                raise DataError(f"sample of problem {s.problem_id!r} has no 'dataset' and the config names none")
+            prompts[s.problem_id] = prompt_of(Problem(id=s.problem_id, dataset=dataset, question=s.question,
+                                                      gold=s.gold))
+        texts["positive" if s.correct else "negative"].append((prompts[s.problem_id], s.text))
+    out = {}
+    for name, items in texts.items():
+        limit = c.max_examples
+        if limit is not None and len(items) > limit:
+            items = random.Random(f"{seed}:{name}:subsample").sample(items, int(limit))
+        out[name] = LazyEncoded(items, encode)
+    return out
+
+
+def adapter_key(cfg: DictConfig, name: str, samples_fingerprints: dict[str, str]) -> str:
+    """What an adapter depends on: base model, prompts/tokens, LoRA and SFT settings, the samples, the seed."""
+    c = cfg.criticality
+    data = {"name": name, "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "lora": OmegaConf.to_container(c.lora, resolve=True),
+            "sft": OmegaConf.to_container(c.sft, resolve=True),
+            "max_examples": c.max_examples, "negative_include_no_answer": c.negative_include_no_answer,
+            "samples": samples_fingerprints, "seed": int(cfg.seed)}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def load_base(cfg: DictConfig, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = cfg.model
+    path = str(m.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(m.get("trust_remote_code", False)))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, str(m.get("dtype", "float32"))),
+                                                 trust_remote_code=bool(m.get("trust_remote_code", False)))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return model.to(device), tokenizer, pad_id
+
+
+def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedResponse]], output_dir: Path,
+                   samples_fps: dict[str, str], pad_id: int, device: torch.device, wandb_run) -> tuple[Any, dict]:
+    """The positive and negative adapters on one base model: reused from output_dir when trained for the same
+    inputs (a killed run resumes after the first adapter), else trained and saved."""
+    c = cfg.criticality
+    lora = make_lora_config(int(c.lora.r), int(c.lora.alpha), float(c.lora.dropout), list(c.lora.target_modules))
+    sft = SFTConfig(**OmegaConf.to_container(c.sft, resolve=True), seed=int(cfg.seed))
+    reports = {}
+    for name in ADAPTERS:
+        key = adapter_key(cfg, name, samples_fps)
+        path = output_dir / name
+        if saved_adapter_key(path) == key:
+            log.info("weights: reusing the %s adapter in %s", name, path)
+            model = load_adapter(model, name, path)
+            reports[name] = json.loads((path / "train_info.json").read_text()).get("report", {})
+            continue
+        if not sets[name]:
+            kind = "correct" if name == "positive" else "wrong"
+            raise DataError(f"no {kind} samples to fine-tune the {name} model on (samples: {list(samples_fps)})")
+        # Seeded per adapter (LoRA init, dropout, order): the same adapter whether or not the other was reused.
+        torch.manual_seed(int(cfg.seed) * len(ADAPTERS) + ADAPTERS.index(name))
+        model = add_adapter(model, name, lora)
+        report = train_adapter(model, name, sets[name], sft, pad_id=pad_id, device=device, progress=bool(cfg.progress),
+                               on_step=wandb_run.log if wandb_run else None)
+        save_adapter(model, name, path, {"key": key, "report": report})
+        log.info("weights: %s adapter trained on %d examples, loss %.3f -> %.3f", name, report["examples"],
+                 report["loss_first"], report["loss_last"])
+        reports[name] = report
+    return model, reports
+
+
+def run(cfg: DictConfig) -> Path:
+    pairs_dir, samples_dir, output_dir = Path(cfg.input_dir), Path(cfg.samples_dir), Path(cfg.output_dir)
+    model_path = str(cfg.model.name_or_path)
+    samples_in = samples_inputs(samples_dir)
+    if not samples_in:
+        raise DataError(f"{samples_dir}: no sample shards (shard-*.jsonl): the weights stage fine-tunes on them")
+    inputs = [pairs_dir / "pairs.jsonl", *samples_in, model_path]
+    if is_complete(output_dir, cfg, inputs):
+        log.info("weights: %s is complete for this config and these inputs; nothing to do", output_dir)
+        return output_dir / "pairs.jsonl"
+    check_samples_finished(samples_dir)
+    c = cfg.criticality
+    pairs = read_pairs(pairs_dir / "pairs.jsonl")
+    device = pick_device(str(c.device))
+    model, tokenizer, pad_id = load_base(cfg, device)
+    encode = encoder(cfg, tokenizer)
+    sets = finetune_sets(read_samples(samples_dir), cfg, encode, int(cfg.seed))
+    wandb_run = init_wandb(cfg, job_type="weights")
+    # Content, not the samples manifest: a sample stage rerun that only rewrote its manifest keeps the adapters.
+    samples_fps = {p.name: file_sha256(p)[:16] for p in sample_files(samples_dir)}
+    model, reports = build_adapters(model, cfg, sets, output_dir, samples_fps, pad_id, device, wandb_run)
+
+    sides = ["rejected", "chosen"] if c.weight_chosen else ["rejected"]
+    to_weight = {"rejected": rejected_weights, "chosen": chosen_weights}
+    digits = int(c.decimals)
+    for side in sides:
+        encoded = [encode(row["prompt"], row[side]) for row in pairs]
+        probs = score_responses(model, encoded, pad_id=pad_id, lam=float(c.lam), batch_size=int(c.score_batch_size),
+                                device=device, progress=bool(cfg.progress))
+        for row, p in zip(pairs, probs, strict=True):
+            row[f"{side}_weights"] = [round(w, digits) for w in to_weight[side](p).tolist()]
+    for row in pairs:
+        row["weights_tokenizer"] = model_path
+
+    mean_rejected = sum(sum(r["rejected_weights"]) for r in pairs) / max(1, sum(len(r["rejected_weights"])
+                                                                                  for r in pairs))
+    summary = {"pairs": len(pairs), "mean_rejected_weight": mean_rejected, "lambda": float(c.lam),
+               "adapters": reports, "weights_tokenizer": model_path}
+    atomic_write_jsonl(output_dir / "pairs.jsonl", pairs)
+    atomic_write_json(output_dir / "weights_stats.json", summary)
+    if wandb_run:
+        wandb_run.summary.update({"mean_rejected_weight": mean_rejected, "pairs": len(pairs)})
+        wandb_run.finish()
+    print(f"weights: {len(pairs)} pairs, mean rejected weight {mean_rejected:.4f} -> {output_dir / 'pairs.jsonl'}",
+          flush=True)
+    write_manifest(output_dir, "weights", cfg, inputs,
+                   outputs={"pairs": "pairs.jsonl", "adapters": list(ADAPTERS), "stats": "weights_stats.json",
+                            "num_pairs": len(pairs)})
+    return output_dir / "pairs.jsonl"
+
+
+main = stage_main("weights")(run)
+
+if __name__ == "__main__":
+    main()
