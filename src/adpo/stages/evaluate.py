@@ -1,0 +1,248 @@
+"""Stage 'eval': a model (directory or hub id) -> per-problem predictions and metrics on a test split.
+
+Protocol (method.md): GSM8K 8-shot chain of thought, MATH 4-shot Minerva; greedy; at most eval.max_new_tokens new
+tokens; stop at the next exemplar ("\\n\\nQuestion:" / "\\n\\nProblem:"). Problems come from the prepare stage's
+`<data_dir>/<split>.jsonl`, or straight from the data config (cfg.data) when `data_dir=null`.
+
+Outputs in output_dir: shards/shard-*.jsonl (written as generation goes; a killed run resumes at the first missing
+shard), predictions.jsonl (one row per problem: id, prompt, output, extracted, gold, correct, finish_reason,
+num_tokens, subject, level, ...), metrics.json (accuracy, counts, per subject and level, generation speed), and
+manifest.json. Metrics and a table of the outputs go to wandb (offline files by default).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from adpo.config import stage_main
+from adpo.data.prompts import build_prompt, stop_sequences
+from adpo.data.records import Problem, read_problems
+from adpo.generation import load_generator
+from adpo.generation.shards import run_sharded
+from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
+from adpo.manifest import MANIFEST, config_hash, fingerprint, is_complete, write_manifest
+from adpo.tracking import init_wandb
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+SHARDS = "shards"
+# Settings that do not change a prediction: kept out of the shards' fingerprint so that finished shards stay valid.
+NOT_IN_SHARD_FINGERPRINT = ("limit", "grade_workers", "shard_size", "wandb_table")
+
+
+def model_inputs(model_dir: str) -> list[str]:
+    """What identifies the model: its directory, and the stage directory that made it (whose manifest changes when
+    the model is retrained); a hub id is identified by its name."""
+    path = Path(model_dir)
+    inputs = [str(model_dir)]
+    if path.is_dir() and (path.parent / MANIFEST).is_file():
+        inputs.append(str(path.parent))
+    return inputs
+
+
+def load_eval_problems(cfg: DictConfig) -> tuple[list[Problem], Path | None]:
+    """The problems to evaluate and the prepared file they came from (None when read from the data config)."""
+    split, limit = cfg.eval.split, cfg.eval.limit
+    if cfg.get("data_dir"):
+        path = Path(cfg.data_dir) / f"{split}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: file not found (run the prepare stage, or set data_dir=null to read the "
+                            f"data config '{cfg.data.get('name')}' directly)")
+        problems = read_problems(path)
+    else:
+        from adpo.data.loaders import load_problems
+
+        path, problems = None, load_problems(cfg.data, split)
+    if limit is not None:
+        problems = problems[: int(limit)]
+    if not problems:
+        raise DataError(f"{path or 'data config'}: no problems in split {split!r}")
+    return problems, path
+
+
+class ShardEvaluator:
+    """process(problems, shard_index) -> prediction rows, for run_sharded. Loads the model on first use."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.e = cfg.eval
+        self.prompt_format = cfg.model.prompt_format
+        self._generator = None
+        self._grader = None
+        self.generated_tokens = 0
+        self.generation_seconds = 0.0
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            self._generator = load_generator(self.cfg.generation, str(self.cfg.model_dir),
+                                             prompt_format=self.prompt_format)
+        return self._generator
+
+    @property
+    def grader(self):
+        if self._grader is None:
+            from adpo.grading import Grader
+
+            self._grader = Grader(workers=int(self.e.grade_workers), timeout_s=float(self.e.grade_timeout_s))
+        return self._grader
+
+    def stop(self, dataset: str) -> list[str]:
+        return list(self.e.stop) if self.e.stop is not None else stop_sequences(dataset, self.prompt_format)
+
+    def __call__(self, problems: list[Problem], shard_index: int) -> list[dict[str, Any]]:
+        e = self.e
+        prompts = [build_prompt(p, style=e.prompt_style, prompt_format=self.prompt_format,
+                                tokenizer=self.generator.tokenizer, num_shots=e.num_shots) for p in problems]
+        rows: list[dict[str, Any] | None] = [None] * len(problems)
+        for dataset in sorted({p.dataset for p in problems}):
+            idx = [i for i, p in enumerate(problems) if p.dataset == dataset]
+            start = time.perf_counter()
+            completions = self.generator.generate(
+                [prompts[i] for i in idx], n=1, temperature=float(e.temperature), top_p=float(e.top_p),
+                max_tokens=int(e.max_new_tokens), stop=self.stop(dataset), seed=int(e.seed) + shard_index)
+            self.generation_seconds += time.perf_counter() - start
+            outputs = [c[0] for c in completions]
+            self.generated_tokens += sum(c.num_tokens for c in outputs)
+            grades = self.grader.grade_batch(dataset, [c.text for c in outputs], [problems[i].gold for i in idx])
+            for i, completion, grade in zip(idx, outputs, grades):
+                rows[i] = prediction_row(problems[i], prompts[i], completion, grade)
+        return rows  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._grader is not None:
+            self._grader.close()
+        if self._generator is not None:
+            self._generator.close()
+
+
+def prediction_row(problem: Problem, prompt: str, completion, grade) -> dict[str, Any]:
+    row = {"id": problem.id, "dataset": problem.dataset, "question": problem.question, "prompt": prompt,
+           "output": completion.text, "extracted": grade.extracted, "gold": problem.gold,
+           "correct": bool(grade.correct), "finish_reason": completion.finish_reason,
+           "num_tokens": completion.num_tokens, "subject": problem.subject, "level": problem.level}
+    if getattr(grade, "error", None):
+        row["grade_error"] = grade.error
+    return row
+
+
+def _accuracy(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    correct = sum(r["correct"] for r in rows)
+    return {"accuracy": correct / len(rows) if rows else 0.0, "correct": correct, "total": len(rows)}
+
+
+def compute_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy and counts, overall and per subject and level (MATH), from prediction rows."""
+    metrics = _accuracy(rows)
+    n = max(len(rows), 1)
+    metrics.update(
+        no_answer=sum(r["extracted"] is None for r in rows),
+        truncated=sum(r["finish_reason"] == "length" for r in rows),
+        grade_errors=sum(bool(r.get("grade_error")) for r in rows),
+        mean_tokens=sum(r["num_tokens"] for r in rows) / n,
+    )
+    for key, name in (("subject", "per_subject"), ("level", "per_level")):
+        groups: dict[str, list] = defaultdict(list)
+        for r in rows:
+            if r.get(key) is not None:
+                groups[str(r[key])].append(r)
+        if groups:
+            metrics[name] = {k: _accuracy(v) for k, v in sorted(groups.items())}
+    return metrics
+
+
+def shard_fingerprint(cfg: DictConfig, inputs: Sequence[str]) -> str:
+    """Everything that decides a prediction; the plan's item ids say which problems."""
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items()
+                if k not in NOT_IN_SHARD_FINGERPRINT}
+    return config_hash({"eval": settings, "generation": OmegaConf.to_container(cfg.generation, resolve=True),
+                        "prompt_format": cfg.model.prompt_format,
+                        "inputs": {str(p): fingerprint(p) for p in inputs}})
+
+
+def log_to_wandb(cfg: DictConfig, metrics: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
+    run = init_wandb(cfg, job_type="eval")
+    if run is None:
+        return
+    import wandb
+
+    flat = {f"eval/{k}": metrics[k] for k in ("accuracy", "correct", "total", "no_answer", "truncated",
+                                                "mean_tokens")}
+    if metrics.get("tokens_per_s") is not None:
+        flat["eval/tokens_per_s"] = metrics["tokens_per_s"]
+    for group in ("per_subject", "per_level"):
+        for key, value in metrics.get(group, {}).items():
+            flat[f"eval/{group.removeprefix('per_')}/{key}"] = value["accuracy"]
+    run.log(flat)
+    run.summary.update(flat)
+    if cfg.eval.wandb_table:
+        columns = ["id", "subject", "level", "gold", "extracted", "correct", "finish_reason", "num_tokens",
+                   "question", "output"]
+        run.log({"eval/predictions": wandb.Table(columns=columns, data=[[r.get(c) for c in columns]
+                                                                        for r in rows])})
+    run.finish()
+
+
+def run(cfg: DictConfig) -> Path:
+    output_dir = Path(cfg.output_dir)
+    model_dir = str(cfg.model_dir)
+    problems, problems_file = load_eval_problems(cfg)
+    inputs = model_inputs(model_dir) + ([str(problems_file)] if problems_file else [])
+    if is_complete(output_dir, cfg, inputs):
+        log.info("eval: %s is complete for this config and these inputs; nothing to do", output_dir)
+        return output_dir
+    write_manifest(output_dir, "eval", cfg, inputs, status="running")
+
+    evaluator = ShardEvaluator(cfg)
+    datasets = sorted({p.dataset for p in problems})
+    try:
+        rows = run_sharded(problems, evaluator, output_dir / SHARDS, item_id=lambda p: p.id,
+                           shard_size=int(cfg.eval.shard_size), fingerprint=shard_fingerprint(cfg, inputs),
+                           progress=bool(cfg.progress), desc=f"eval {'+'.join(datasets)}")
+    finally:
+        evaluator.close()
+
+    metrics = compute_metrics(rows)
+    metrics.update(
+        model=model_dir,
+        dataset=datasets[0] if len(datasets) == 1 else datasets,
+        data=cfg.data.get("name") if problems_file is None else str(problems_file),
+        split=cfg.eval.split,
+        n_problems=len(problems),
+        prompt_style=cfg.eval.prompt_style,
+        num_shots=cfg.eval.num_shots,
+        max_new_tokens=int(cfg.eval.max_new_tokens),
+        backend=cfg.generation.backend,
+        run_name=cfg.get("run_name"),
+        # Speed of the generation done by this process (None when every shard was already written).
+        generated_tokens=evaluator.generated_tokens,
+        generation_seconds=round(evaluator.generation_seconds, 3),
+        tokens_per_s=(evaluator.generated_tokens / evaluator.generation_seconds
+                      if evaluator.generation_seconds > 0 else None),
+    )
+    atomic_write_jsonl(output_dir / PREDICTIONS, rows)
+    atomic_write_json(output_dir / METRICS, metrics)
+    log_to_wandb(cfg, metrics, rows)
+    speed = f", {metrics['tokens_per_s']:.0f} tokens/s" if metrics["tokens_per_s"] else ""
+    print(f"eval: accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['total']}) on "
+          f"{metrics['dataset']} {cfg.eval.split}, no answer {metrics['no_answer']}, cut at max tokens "
+          f"{metrics['truncated']}{speed} -> {output_dir}", flush=True)
+    write_manifest(output_dir, "eval", cfg, inputs,
+                   outputs={"predictions": PREDICTIONS, "metrics": METRICS, "accuracy": metrics["accuracy"],
+                            "total": metrics["total"]})
+    return output_dir
+
+
+main = stage_main("eval")(run)
+
+if __name__ == "__main__":
+    main()
