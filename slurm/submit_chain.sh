@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Submit one configuration's whole chain as SLURM jobs, each starting only after the previous one succeeded:
+#   sample -> pairs -> [weights, for cdpo/cadpo] -> train -> eval       (sbatch --dependency=afterok:<previous>)
+#   slurm/submit_chain.sh model=llama3_8b data=gsm8k method=cadpo seed=1 generation=vllm
+#   slurm/submit_chain.sh --dry-run ...            # print the sbatch commands, submit nothing
+#   slurm/submit_chain.sh --from train ...         # start at a later stage (earlier outputs exist)
+# Every argument not an option is a Hydra override given to every stage. sbatch options per stage can be set with
+# ADPO_SBATCH_<STAGE> (e.g. ADPO_SBATCH_TRAIN="--nodes=2 --partition=gpu"); ADPO_SBATCH for all of them.
+# If a stage fails, the later jobs never start: SLURM cancels them (--kill-on-invalid-dep=yes).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+dry_run=0
+from=sample
+args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) dry_run=1; shift ;;
+    --from) from=$2; shift 2 ;;
+    --from=*) from=${1#--from=}; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+
+stages=(sample pairs)
+if [[ " ${args[*]:-} " =~ " method=c"(dpo|adpo)" " ]]; then stages+=(weights); fi
+stages+=(train eval)
+case " ${stages[*]} " in *" $from "*) ;; *) echo "--from: '$from' is not one of: ${stages[*]}" >&2; exit 2 ;; esac
+
+previous=""
+started=0
+for stage in "${stages[@]}"; do
+  [ "$stage" = "$from" ] && started=1
+  [ "$started" = 1 ] || continue
+  upper=$(echo "$stage" | tr a-z A-Z)
+  per_stage_var="ADPO_SBATCH_$upper"
+  opts=(--parsable --job-name="adpo-$stage")
+  [ -n "$previous" ] && opts+=(--dependency="afterok:$previous" --kill-on-invalid-dep=yes)
+  # shellcheck disable=SC2206  # word splitting of the user's sbatch options is intended
+  opts+=(${ADPO_SBATCH:-} ${!per_stage_var:-})
+  case "$stage" in
+    train) cmd=(sbatch "${opts[@]}" "$here/train.sbatch" "${args[@]}") ;;
+    pairs) cmd=(sbatch "${opts[@]}" --gpus-per-node=0 "$here/generate.sbatch" pairs "${args[@]}") ;;
+    *) cmd=(sbatch "${opts[@]}" "$here/generate.sbatch" "$stage" "${args[@]}") ;;
+  esac
+  if [ "$dry_run" = 1 ]; then
+    printf '%q ' "${cmd[@]}"; echo
+    previous="<$stage>"
+  else
+    previous=$("${cmd[@]}")
+    previous=${previous%%;*}
+    echo "$stage $previous"
+  fi
+done

@@ -1,0 +1,58 @@
+"""Run a stage as a Hydra sweep on SLURM, or print what would be submitted.
+
+    python -m adpo.sweep train +sweep=paper_main --dry-run          # list jobs and the sbatch script, submit nothing
+    python -m adpo.sweep train +sweep=paper_main hydra/launcher=slurm_train hydra.launcher.partition=gpu
+    python -m adpo.sweep eval +sweep=granularity model=llama3_8b seed=0
+
+Exactly `adpo-<stage> -m <overrides>` (the same Hydra multirun, the same launcher configs), with
+hydra/launcher=slurm when no launcher is given. --dry-run swaps the launcher's class for
+hydra_plugins.adpo_slurm.launcher.DryRunSlurmLauncher: the jobs are expanded and their configs composed (a bad override fails
+here, not on the cluster), but nothing is submitted; only the sweep directory's multirun.yaml is written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Stage name on the command line -> module with the Hydra entry point `main`.
+STAGES = {
+    "prepare": "adpo.stages.prepare",
+    "sft": "adpo.stages.sft",
+    "sample": "adpo.stages.sample",
+    "pairs": "adpo.stages.pairs",
+    "weights": "adpo.stages.weights",
+    "train": "adpo.stages.train",
+    "eval": "adpo.stages.evaluate",
+    "aggregate": "adpo.stages.aggregate",
+    "pipeline": "adpo.pipeline",
+}
+DRY_RUN_TARGET = "hydra.launcher._target_=hydra_plugins.adpo_slurm.launcher.DryRunSlurmLauncher"
+USAGE = f"usage: python -m adpo.sweep STAGE [--dry-run] [HYDRA_OVERRIDES...]   (STAGE: {', '.join(STAGES)})"
+
+
+def hydra_argv(stage: str, args: list[str], dry_run: bool) -> list[str]:
+    """The multirun command line of the stage's Hydra app (without the program name)."""
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    if not any(a.startswith(("hydra/launcher=", "override hydra/launcher=")) for a in overrides):
+        overrides.insert(0, "hydra/launcher=slurm")
+    if dry_run:
+        overrides.append(DRY_RUN_TARGET)
+    return ["-m", *overrides]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    dry_run = "--dry-run" in argv
+    argv = [a for a in argv if a != "--dry-run"]
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
+        print(__doc__.strip() + "\n\n" + USAGE, file=sys.stderr)
+        raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    stage, rest = argv[0], argv[1:]
+    module = importlib.import_module(STAGES[stage])
+    sys.argv = [f"adpo-{stage}", *hydra_argv(stage, rest, dry_run)]
+    module.main()
+
+
+if __name__ == "__main__":
+    main()

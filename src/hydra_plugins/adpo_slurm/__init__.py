@@ -1,0 +1,1 @@
+"""ADPO's Hydra launchers (Hydra loads launcher classes only from the hydra_plugins namespace package)."""
