@@ -1,0 +1,93 @@
+"""Resumable DeepSpeed checkpoints and the final transformers-format model.
+
+DeepSpeed writes a checkpoint's files first and its `latest` pointer last, so a run killed while saving resumes from
+the previous checkpoint. The data order depends only on the seed and the step (see loop.py), so the step counter,
+the engine's model/optimizer/scheduler states are all a resume needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from adpo.io import atomic_directory
+
+log = logging.getLogger(__name__)
+
+TAG = re.compile(r"^step(\d+)$")
+
+
+def tag_for(step: int) -> str:
+    return f"step{step}"
+
+
+def latest_step(ckpt_dir: Path) -> int | None:
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        return None
+    match = TAG.match(latest.read_text().strip())
+    return int(match.group(1)) if match else None
+
+
+def save(engine, ckpt_dir: Path, step: int, client_state: dict, *, keep: int, frozen_excluded: bool) -> None:
+    """Save on every rank (each writes its partitions), then drop all but the newest `keep` checkpoints."""
+    engine.save_checkpoint(str(ckpt_dir), tag=tag_for(step), client_state={**client_state, "step": step},
+                           exclude_frozen_parameters=frozen_excluded)
+    dist.barrier()
+    if dist.get_rank() == 0 and keep > 0:
+        steps = sorted(int(m.group(1)) for p in ckpt_dir.iterdir() if (m := TAG.match(p.name)) and p.is_dir())
+        for old in steps[:-keep]:
+            if old != step:
+                shutil.rmtree(ckpt_dir / tag_for(old), ignore_errors=True)
+    dist.barrier()
+
+
+def resume(engine, ckpt_dir: Path, *, frozen_excluded: bool) -> dict | None:
+    """Load the newest checkpoint into the engine; its client state (with "step"), or None if there is none."""
+    if latest_step(ckpt_dir) is None:
+        return None
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), load_module_strict=not frozen_excluded)
+    if path is None:
+        raise RuntimeError(f"could not load the checkpoint in {ckpt_dir}")
+    return client_state
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The full (consolidated under ZeRO-3) module state dict on CPU at rank 0; None on the other ranks."""
+    if engine.zero_optimization_partition_weights():
+        return engine._zero3_consolidated_16bit_state_dict()  # every rank must call it
+    if dist.get_rank() != 0:
+        return None
+    return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+
+
+def export_model(engine, tokenizer, out_dir: Path, *, base_model: str, model_kwargs: dict, lora_cfg=None) -> None:
+    """Write out_dir (transformers save_pretrained + tokenizer) from rank 0: full weights, LoRA merged in.
+
+    Call on every rank. A LoRA policy is rebuilt on CPU from the base model and its adapters are merged there, so the
+    same path works for a ZeRO-3-partitioned policy.
+    """
+    state = full_state_dict(engine)
+    if dist.get_rank() == 0:
+        # After ZeRO-3, transformers would load any new model with zero.Init (and hang on a one-rank gather).
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        with atomic_directory(out_dir) as tmp:
+            if lora_cfg is not None:
+                from adpo.training.engine import apply_lora, load_causal_lm
+
+                model = apply_lora(load_causal_lm(base_model, **model_kwargs), lora_cfg)
+                model.load_state_dict(state, strict=True)
+                model = model.merge_and_unload()
+                model.save_pretrained(str(tmp))
+            else:
+                engine.module.save_pretrained(str(tmp), state_dict=state)
+            tokenizer.save_pretrained(str(tmp))
+        log.info("model written to %s", out_dir)
+    dist.barrier()

@@ -1,0 +1,242 @@
+"""The training run, start to end, in one place: pairs -> cached reference log-probs -> DeepSpeed engine -> steps
+(with logging and checkpoints) -> output_dir/model. Every rank runs this function; only rank 0 writes logs,
+wandb and the model.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import time
+import uuid
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from adpo.io import atomic_write_jsonl, atomic_write_text, file_sha256
+from adpo.manifest import config_hash
+from adpo.training import checkpoint, engine as eng
+from adpo.training.pairs_data import PAIRS_FILE, check_weights_tokenizer, make_batch, read_pairs, tokenize_pairs
+from adpo.training.reference import cache_key, model_fingerprint, reference_logps
+from adpo.training.schedule import DataSchedule
+from adpo.training.step import MethodSpec, train_step
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        # Padding is masked out everywhere; any id will do, and EOS is what DPO trainers commonly use.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class MetricWindow:
+    """Metrics summed over the steps since the last log, averaged over steps and ranks when reported."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.seconds = 0.0
+
+    def add(self, metrics: dict[str, torch.Tensor], seconds: float) -> None:
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0) + value.detach().float()
+        self.steps += 1
+        self.seconds += seconds
+
+    def reduce(self, world: int) -> dict[str, float]:
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[n] for n in names])
+        if world > 1:
+            dist.all_reduce(stacked)
+        values = dict(zip(names, stacked.tolist()))
+        out = {n: v / (self.steps * world) for n, v in values.items() if n != "tokens"}
+        out["tokens_per_second"] = values["tokens"] / max(self.seconds, 1e-9)
+        self.sums, self.steps, self.seconds = {}, 0, 0.0
+        return out
+
+
+def _wandb_run_id(output_dir: Path) -> str:
+    path = output_dir / "wandb_run_id"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def _truncate_metrics_log(path: Path, after_step: int) -> None:
+    """On resume, forget the log lines of steps that will be trained again (and a line cut short by the kill)."""
+    if not path.is_file():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= after_step:
+            rows.append(row)
+    atomic_write_jsonl(path, rows)
+
+
+# How often to log or save, and how the cache is computed, do not change the training: a run may resume across them.
+BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "resume", "reference_batch_size",
+                    "reference_cache_dir")
+
+
+def resume_hash(cfg: DictConfig) -> str:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data["train"] = {k: v for k, v in data["train"].items() if k not in BOOKKEEPING_KEYS}
+    return config_hash(data)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train the policy on cfg.input_dir/pairs.jsonl; returns a summary (rank 0's is written to the manifest)."""
+    tcfg, mcfg = cfg.train, cfg.model
+    method = MethodSpec.from_cfg(cfg.method)
+    output_dir = Path(cfg.output_dir)
+    pairs_path = Path(cfg.input_dir) / PAIRS_FILE
+    progress = bool(cfg.get("progress", True)) and eng.env_rank() == 0
+    if not progress:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+
+    # --- data: read and checked before any process group is started, so a bad file fails at once ----------------
+    tokenizer = load_tokenizer(mcfg.name_or_path, bool(mcfg.get("trust_remote_code", False)))
+    tokenization = {"prompt_format": str(mcfg.prompt_format), "max_prompt_length": mcfg.get("max_prompt_length"),
+                    "max_length": mcfg.get("max_length")}
+    records = read_pairs(pairs_path, use_weights=method.use_weights)
+    if method.use_weights:
+        check_weights_tokenizer(records, tokenizer, str(mcfg.name_or_path))
+    pairs = tokenize_pairs(records, tokenizer, **tokenization)
+
+    rank, world = eng.init_distributed()
+    if rank != 0:
+        logging.getLogger("adpo").setLevel(logging.WARNING)
+    device = eng.device()
+    torch.manual_seed(int(tcfg.seed))
+    schedule = DataSchedule(len(pairs), micro_batch_size=int(tcfg.micro_batch_size),
+                            accumulation=int(tcfg.gradient_accumulation_steps), world_size=world,
+                            seed=int(tcfg.seed))
+    total_steps = int(tcfg.max_steps) if tcfg.get("max_steps") else int(tcfg.epochs) * schedule.steps_per_epoch
+    ds_config = eng.deepspeed_config(cfg.deepspeed, tcfg, world)
+    bf16 = bool(ds_config.get("bf16", {}).get("enabled", False))
+    model_kwargs = {"dtype": str(mcfg.get("dtype", "auto")), "trust_remote_code": bool(mcfg.get("trust_remote_code", False)),
+                    "revision": mcfg.get("revision")}
+    log.info("%d pairs, %d ranks, global batch %d, %d steps (%d per epoch), method %s %s, ZeRO-%d%s",
+             len(pairs), world, schedule.global_batch, total_steps, schedule.steps_per_epoch, cfg.method.name,
+             method.granularity, eng.zero_stage(ds_config), ", bf16" if bf16 else "")
+
+    # --- reference log-probs: computed once, cached beside the pairs --------------------------------------------
+    ref_name = tcfg.get("reference_model") or mcfg.name_or_path
+    ref_dtype = "bfloat16" if bf16 else model_kwargs["dtype"]
+    key, meta = cache_key(model=model_fingerprint(ref_name, mcfg.get("revision")), dtype=ref_dtype,
+                          tokenization=tokenization, pairs_sha256=file_sha256(pairs_path))
+    cache_dir = Path(tcfg.get("reference_cache_dir") or Path(cfg.input_dir) / "reference_logps")
+    reference, cached = reference_logps(
+        pairs, cache_path=cache_dir / f"{key}.pt", meta=meta, pad_token_id=tokenizer.pad_token_id,
+        batch_size=int(tcfg.reference_batch_size), device=device, progress=progress,
+        load_model=lambda: eng.load_causal_lm(ref_name, **{**model_kwargs, "dtype": ref_dtype}).to(device),
+    )
+    log.info("reference log-probs %s %s", "reused from" if cached else "cached in", cache_dir / f"{key}.pt")
+
+    # --- policy and engine --------------------------------------------------------------------------------------
+    if eng.zero_stage(ds_config) == 3:
+        # Load the policy already partitioned (zero.Init), as a model too big for one device must be.
+        from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841  (kept alive: transformers holds a weak reference)
+    model = eng.load_causal_lm(mcfg.name_or_path, **model_kwargs)
+    if tcfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = bool(tcfg.lora.enabled)
+    if lora:
+        if tcfg.get("gradient_checkpointing"):
+            model.enable_input_require_grads()
+        model = eng.apply_lora(model, tcfg.lora)
+    engine = eng.build_engine(model, tcfg, ds_config, total_steps)
+
+    # --- resume -------------------------------------------------------------------------------------------------
+    ckpt_dir = output_dir / "checkpoints"
+    run_hash = resume_hash(cfg)
+    step = 0
+    client_state = checkpoint.resume(engine, ckpt_dir, frozen_excluded=lora) if tcfg.get("resume", True) else None
+    if client_state is not None:
+        if client_state.get("config_hash") != run_hash:
+            raise RuntimeError(f"{ckpt_dir} holds checkpoints of another configuration (hash "
+                               f"{client_state.get('config_hash')}, this run {run_hash}); use another output_dir, "
+                               "delete the checkpoints, or pass train.resume=false")
+        step = int(client_state["step"])
+        log.info("resumed from %s at step %d of %d", ckpt_dir, step, total_steps)
+
+    metrics_path = output_dir / "metrics.jsonl"
+    wandb_run = None
+    if rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if step:
+            _truncate_metrics_log(metrics_path, step)
+        else:
+            metrics_path.unlink(missing_ok=True)
+        from adpo.tracking import init_wandb
+
+        wandb_run = init_wandb(cfg, job_type="train", rank=rank, id=_wandb_run_id(output_dir), resume="allow")
+
+    # Everything built so far lives until the end: keep the collector from walking it again and again.
+    gc.freeze()
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    window = MetricWindow()
+    last: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name} {method.granularity}",
+               disable=not progress, unit="step", dynamic_ncols=True)
+    save_every, log_every = int(tcfg.save_every or 0), max(int(tcfg.log_every or 1), 1)
+    while step < total_steps:
+        # Dropout masks depend only on (seed, step, rank): a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(int(tcfg.seed) * 1_000_003 + step * 1009 + rank)
+        batches = [make_batch([pairs[i] for i in idx], [reference[i] for i in idx], tokenizer.pad_token_id,
+                              use_weights=method.use_weights).to(device)
+                   for idx in schedule.micro_batches(step, rank)]
+        learning_rate = float(engine.get_lr()[0])  # the rate this step trains with
+        started = time.perf_counter()
+        metrics = train_step(engine, batches, method)
+        window.add(metrics, time.perf_counter() - started)
+        step += 1
+        bar.update(1)
+        if step % log_every == 0 or step == total_steps:
+            last = window.reduce(world)
+            grad_norm = engine.get_global_grad_norm()
+            last.update(grad_norm=float(grad_norm) if grad_norm is not None else math.nan,
+                        learning_rate=learning_rate, epoch=step / schedule.steps_per_epoch)
+            if rank == 0:
+                row = {"step": step, **last}
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if wandb_run is not None:
+                    wandb_run.log(last, step=step)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
+        if step == total_steps or (save_every and step % save_every == 0):
+            checkpoint.save(engine, ckpt_dir, step, {"config_hash": run_hash}, keep=int(tcfg.keep_checkpoints),
+                            frozen_excluded=lora)
+    bar.close()
+    gc.unfreeze()
+
+    # --- the model for the eval stage ---------------------------------------------------------------------------
+    checkpoint.export_model(engine, tokenizer, output_dir / "model", base_model=mcfg.name_or_path,
+                            model_kwargs=model_kwargs, lora_cfg=tcfg.lora if lora else None)
+    if wandb_run is not None:
+        wandb_run.summary.update({f"final/{k}": v for k, v in last.items()})
+        wandb_run.finish()
+    return {"rank": rank, "world_size": world, "steps": total_steps, "pairs": len(pairs),
+            "reference_cache": str(cache_dir / f"{key}.pt"), "final_metrics": last,
+            "deepspeed": OmegaConf.to_container(OmegaConf.create(ds_config))}

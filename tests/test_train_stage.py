@@ -1,0 +1,231 @@
+"""The train stage run for real on CPU, through its command line: DeepSpeed ZeRO-2/3 on 2 gloo ranks against one
+process, resume after a SIGKILL, wandb's offline files, cADPO with unit weights against ADPO, LoRA merged after
+ZeRO-3, malformed input. One 1-process run (module fixture) is the reference the others are compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_helpers import (PYTHON, REPO_ROOT, load_state_dict, read_metrics, run_train, stage_env, train_overrides,
+                           wandb_history, write_pairs)
+
+pytestmark = pytest.mark.slow
+
+STEPS = 16
+# 16 pairs, global batch 4 (micro 2 x accumulation 2 on one rank, or micro 2 x 2 ranks): 4 steps per epoch.
+COMMON = [f"train.max_steps={STEPS}", "train.save_every=4", "train.keep_checkpoints=2", "train.log_every=1",
+          "train.lr=3e-3", "method.granularity=static:3"]
+
+
+def assert_losses_match(a: list[dict], b: list[dict], rel=1e-5):
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for ra, rb in zip(a, b):
+        for name in ("loss", "rewards/margins", "logps/chosen", "segments/win_fraction"):
+            assert math.isclose(ra[name], rb[name], rel_tol=rel, abs_tol=1e-6), (ra["step"], name, ra[name], rb[name])
+
+
+def assert_same_weights(dir_a: Path, dir_b: Path, atol=1e-6):
+    a, b = load_state_dict(dir_a), load_state_dict(dir_b)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=atol, rtol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("train_stage")
+    pairs_dir = root / "pairs"
+    write_pairs(pairs_dir / "pairs.jsonl", n=16, seed=1)
+    return root, pairs_dir
+
+
+@pytest.fixture(scope="module")
+def baseline(work, tiny_model_dir):
+    """One process, no launcher, ZeRO-2, gradient accumulation 2, wandb offline."""
+    root, pairs_dir = work
+    out = root / "single"
+    proc = run_train(train_overrides(root, tiny_model_dir, pairs_dir, out, *COMMON, "wandb=offline",
+                                     "train.gradient_accumulation_steps=2"))
+    return out, proc
+
+
+def test_single_process_run_writes_model_metrics_and_manifest(baseline, work, tiny_model_dir):
+    out, proc = baseline
+    rows = read_metrics(out)
+    assert len(rows) == STEPS
+    expected = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected", "segments/win_fraction", "segments/per_pair", "grad_norm", "learning_rate",
+                "tokens_per_second"}
+    assert expected <= set(rows[0])
+    # The policy starts as the reference: zero log-ratios on the first step, then it learns the preference.
+    assert abs(rows[0]["rewards/margins"]) < 1e-5
+    assert rows[-1]["rewards/margins"] > 0.5 and rows[-1]["loss"] < rows[0]["loss"]
+    assert all(r["grad_norm"] > 0 and r["tokens_per_second"] > 0 for r in rows)
+    # Warmup then cosine decay.
+    lrs = [r["learning_rate"] for r in rows]
+    assert max(lrs) == pytest.approx(3e-3) and lrs[-1] < lrs[len(lrs) // 2] < max(lrs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["outputs"]["steps"] == STEPS
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert AutoTokenizer.from_pretrained(out / "model").eos_token_id == model.config.eos_token_id
+    base = load_state_dict(tiny_model_dir)
+    trained = load_state_dict(out / "model")
+    assert sorted(base) == sorted(trained) and any(not torch.equal(base[k], trained[k]) for k in base)
+    # The reference cache sits beside the pairs, one file, for the next runs to reuse.
+    assert len(list((work[1] / "reference_logps").glob("*.pt"))) == 1
+    assert "reference log-probs cached in" in proc.stdout + proc.stderr
+
+
+def test_wandb_offline_files_hold_the_logged_metrics(baseline, work):
+    out, _ = baseline
+    runs = list((work[0] / "wandb").rglob("offline-run-*"))
+    assert len(runs) == 1
+    history = wandb_history(runs[0])
+    assert [h["_step"] for h in history] == list(range(1, STEPS + 1))
+    for logged, row in zip(history, read_metrics(out)):
+        for name in ("loss", "rewards/accuracies", "segments/per_pair", "grad_norm", "learning_rate"):
+            assert logged[name] == pytest.approx(row[name], rel=1e-9), name
+
+
+def test_rerun_of_a_finished_run_is_skipped(baseline, work, tiny_model_dir):
+    from adpo.config import compose
+    from adpo.stages.train import run
+
+    out, _ = baseline
+    before = (out / "manifest.json").read_text()
+    root, pairs_dir = work
+    cfg = compose("train", train_overrides(root, tiny_model_dir, pairs_dir, out, *COMMON, "wandb=offline",
+                                           "train.gradient_accumulation_steps=2"))
+    assert run(cfg) is None  # finished work: returns before any process group or model is set up
+    assert (out / "manifest.json").read_text() == before
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_two_ranks_match_one_process(baseline, work, tiny_model_dir, stage):
+    """2 gloo ranks x micro 2 see the same global batches as 1 rank x accumulation 2: same losses, same weights.
+    The ZeRO-3 run gets its own copy of the pairs, so it also computes the reference log-probs on 2 ranks."""
+    root, pairs_dir = work
+    if stage == "zero3":
+        own = root / "pairs_zero3"
+        own.mkdir()
+        shutil.copy(pairs_dir / "pairs.jsonl", own / "pairs.jsonl")
+        pairs_dir = own
+    out = root / f"two_{stage}"
+    hydra_runs = set((root / ".hydra" / "train").iterdir())
+    proc = run_train(train_overrides(root, tiny_model_dir, pairs_dir, out, *COMMON, f"deepspeed={stage}",
+                                     "train.gradient_accumulation_steps=1"), nproc=2)
+    assert "2 ranks" in proc.stdout + proc.stderr
+    assert_losses_match(read_metrics(baseline[0]), read_metrics(out))
+    assert_same_weights(baseline[0] / "model", out / "model")
+    if stage == "zero3":
+        assert len(list((pairs_dir / "reference_logps").glob("*.pt"))) == 1
+        assert not list((pairs_dir / "reference_logps").glob(".*part*"))
+    # Only rank 0 wrote a Hydra run directory and log; rank 1 wrote nothing of Hydra's anywhere.
+    new_runs = set((root / ".hydra" / "train").iterdir()) - hydra_runs
+    assert len(new_runs) == 1 and [p.name for p in next(iter(new_runs)).glob("*.log")] == ["train.log"]
+    assert not (REPO_ROOT / "train.log").exists() and not (REPO_ROOT / ".hydra").exists()
+
+
+def test_resume_after_kill_gives_the_same_weights(baseline, work, tiny_model_dir):
+    root, pairs_dir = work
+    out = root / "killed"
+    wandb_dir = root / "wandb_killed"
+    overrides = train_overrides(root, tiny_model_dir, pairs_dir, out, *COMMON, "train.gradient_accumulation_steps=2",
+                                "wandb=offline", f"wandb.dir={wandb_dir}")
+    proc = subprocess.Popen([PYTHON, "-m", "adpo.stages.train", *overrides], cwd=REPO_ROOT, env=stage_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        # Kill once a checkpoint exists and training has gone past it (work since the checkpoint is lost).
+        while proc.poll() is None and time.monotonic() < deadline:
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 6:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
+    assert not (out / "model").exists() and not (out / "manifest.json").exists()
+
+    resumed = run_train(overrides)
+    log = resumed.stdout + resumed.stderr
+    match = re.search(rf"resumed from .* at step (\d+) of {STEPS}", log)
+    assert match, log[-3000:]
+    resumed_at = int(match.group(1))
+    assert 4 <= resumed_at < STEPS and resumed_at % 4 == 0
+    assert_losses_match(read_metrics(baseline[0]), read_metrics(out), rel=1e-6)
+    assert_same_weights(baseline[0] / "model", out / "model", atol=1e-7)
+    # wandb: the resumed run continues the same run id, logging the steps it trained again. (What the killed run's
+    # file holds depends on what wandb had flushed when it was killed.)
+    runs = sorted(wandb_dir.rglob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1
+    assert [h["_step"] for h in wandb_history(runs[-1])] == list(range(resumed_at + 1, STEPS + 1))
+
+
+def test_cadpo_with_unit_weights_trains_exactly_like_adpo(baseline, work, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    root, _ = work
+    weighted = root / "pairs_weighted"
+    write_pairs(weighted / "pairs.jsonl", n=16, seed=1, weights_tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
+                value=1.0)
+    out = root / "cadpo"
+    run_train(train_overrides(root, tiny_model_dir, weighted, out, "method=cadpo", *COMMON,
+                              "train.gradient_accumulation_steps=2"))
+    assert_losses_match(read_metrics(baseline[0]), read_metrics(out), rel=1e-6)
+
+
+def test_lora_under_zero3_exports_merged_full_weights(work, tiny_model_dir):
+    root, pairs_dir = work
+    out = root / "lora"
+    run_train(train_overrides(root, tiny_model_dir, pairs_dir, out, *COMMON, "deepspeed=zero3", "train.max_steps=4",
+                              "train.lora.enabled=true", "train.lora.r=4", "train.lora.alpha=8",
+                              "train.lora.target_modules=[q_proj,v_proj]"))
+    base, merged = load_state_dict(tiny_model_dir), load_state_dict(out / "model")
+    assert sorted(base) == sorted(merged)  # no adapter keys: merged into the base weights
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
+
+
+def test_malformed_pairs_file_stops_the_stage_naming_file_line_field(work, tiny_model_dir, tmp_path):
+    from adpo.config import compose
+    from adpo.io import DataError
+    from adpo.stages.train import run
+
+    root, pairs_dir = work
+    lines = (pairs_dir / "pairs.jsonl").read_text().splitlines()
+    cases = {"missing": (2, "missing field 'rejected'"), "empty": (4, "field 'chosen' is empty"),
+             "not_json": (6, "not valid JSON")}
+    for name, (lineno, message) in cases.items():
+        bad = list(lines)
+        row = json.loads(bad[lineno - 1])
+        if name == "missing":
+            del row["rejected"]
+        elif name == "empty":
+            row["chosen"] = ""
+        bad[lineno - 1] = json.dumps(row) if name != "not_json" else bad[lineno - 1][:-5]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pairs.jsonl").write_text("\n".join(bad) + "\n")
+        # The data is checked before any process group, model or output exists: this is the stage's whole run.
+        cfg = compose("train", train_overrides(tmp_path, tiny_model_dir, tmp_path / name, tmp_path / f"out_{name}"))
+        with pytest.raises(DataError) as err:
+            run(cfg)
+        assert f"{tmp_path / name / 'pairs.jsonl'}:{lineno}: {message}" in str(err.value)
+        assert not (tmp_path / f"out_{name}").exists()
