@@ -179,6 +179,38 @@ def test_resume_after_kill_gives_the_same_weights(baseline, work, tiny_model_dir
     assert [h["_step"] for h in wandb_history(runs[-1])] == list(range(resumed_at + 1, STEPS + 1))
 
 
+def test_usr1_checkpoints_the_current_step_then_resume_matches(baseline, work, tiny_model_dir):
+    """SLURM's warning signal (USR1) between two periodic checkpoints: the run saves the step it is at, exits with
+    the signal's status, and the rerun resumes from that step, not from the older periodic checkpoint."""
+    root, pairs_dir = work
+    out = root / "preempted"
+    overrides = train_overrides(root, tiny_model_dir, pairs_dir, out, *COMMON, "train.gradient_accumulation_steps=2")
+    proc = subprocess.Popen([PYTHON, "-m", "adpo.stages.train", *overrides], cwd=REPO_ROOT, env=stage_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+                proc.send_signal(signal.SIGUSR1)
+                break
+            time.sleep(0.01)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGUSR1, stderr[-3000:]
+    saved = int((out / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    # Periodic checkpoints are every 4 steps; the signal's is at the step it arrived in (5 or a little later).
+    assert 5 <= saved < STEPS and (out / "checkpoints" / f"step{saved}").is_dir()
+    assert len(read_metrics(out)) == saved and not (out / "model").exists()
+
+    resumed = run_train(overrides)
+    assert f"at step {saved} of {STEPS}" in resumed.stdout + resumed.stderr
+    assert_losses_match(read_metrics(baseline[0]), read_metrics(out), rel=1e-6)
+    assert_same_weights(baseline[0] / "model", out / "model", atol=1e-7)
+
+
 def test_cadpo_with_unit_weights_trains_exactly_like_adpo(baseline, work, tiny_model_dir):
     from transformers import AutoTokenizer
 

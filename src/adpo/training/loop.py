@@ -22,6 +22,7 @@ from adpo.io import atomic_write_jsonl, atomic_write_text, file_sha256
 from adpo.manifest import config_hash
 from adpo.training import checkpoint, engine as eng
 from adpo.training.pairs_data import PAIRS_FILE, check_weights_tokenizer, make_batch, read_pairs, tokenize_pairs
+from adpo.training.preemption import StopRequest
 from adpo.training.reference import cache_key, model_fingerprint, reference_logps
 from adpo.training.schedule import DataSchedule
 from adpo.training.step import MethodSpec, train_step
@@ -201,6 +202,7 @@ def train(cfg: DictConfig) -> dict:
     bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name} {method.granularity}",
                disable=not progress, unit="step", dynamic_ncols=True)
     save_every, log_every = int(tcfg.save_every or 0), max(int(tcfg.log_every or 1), 1)
+    stop = StopRequest()
     while step < total_steps:
         # Dropout masks depend only on (seed, step, rank): a resumed run draws what an uninterrupted one would.
         torch.manual_seed(int(tcfg.seed) * 1_000_003 + step * 1009 + rank)
@@ -225,9 +227,18 @@ def train(cfg: DictConfig) -> dict:
                 if wandb_run is not None:
                     wandb_run.log(last, step=step)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
-        if step == total_steps or (save_every and step % save_every == 0):
+        stopping = step < total_steps and stop.agreed(world)
+        if stopping or step == total_steps or (save_every and step % save_every == 0):
             checkpoint.save(engine, ckpt_dir, step, {"config_hash": run_hash}, keep=int(tcfg.keep_checkpoints),
                             frozen_excluded=lora)
+        if stopping:
+            bar.close()
+            log.warning("saved step %d of %d to %s; rerun the same command (or requeue) to resume", step,
+                        total_steps, ckpt_dir)
+            if wandb_run is not None:
+                wandb_run.finish(exit_code=1)
+            stop.stop()
+    stop.restore()
     bar.close()
     gc.unfreeze()
 
