@@ -136,8 +136,10 @@ def build_engine(model: torch.nn.Module, train_cfg: DictConfig, ds_config: dict,
     from transformers import get_cosine_schedule_with_warmup
 
     warmup = int(round(float(train_cfg.warmup_ratio) * total_steps))
+    # fused: one kernel over all parameters (CPU and CUDA); the default per-tensor loop was ~10% of a CPU step.
     optimizer = torch.optim.AdamW(param_groups(model, float(train_cfg.weight_decay)), lr=float(train_cfg.lr),
-                                  betas=tuple(train_cfg.adam_betas), eps=float(train_cfg.adam_eps))
+                                  betas=tuple(train_cfg.adam_betas), eps=float(train_cfg.adam_eps),
+                                  fused=bool(train_cfg.get("fused_optimizer", True)))
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
