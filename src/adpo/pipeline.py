@@ -1,0 +1,305 @@
+"""`adpo-pipeline`: the whole chain, prepare -> [sft] -> sample -> pairs -> [weights] -> train -> eval -> aggregate.
+
+Every stage runs as its own subprocess (`python -m adpo.stages.<stage> <overrides>`; training under
+`torch.distributed.run` when pipeline.nproc_per_node > 1), so that vLLM engines, DeepSpeed process groups and their
+memory never outlive a stage. Each stage gets the pipeline's own command-line overrides (experiment=..., paths.root=,
+seed=...) plus, for the per-run stages, the run's overrides from pipeline.runs.
+
+Resume: each stage records a manifest (adpo.manifest) in its output directory and skips itself when it matches; the
+pipeline checks the same manifest first and does not even start a stage whose output is finished. A killed chain,
+rerun with the same command, redoes only unfinished stages (which themselves resume from their shards and
+checkpoints) and ends with the same outputs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import itertools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from adpo.config import compose, stage_main
+from adpo.manifest import is_complete, read_manifest
+
+log = logging.getLogger(__name__)
+
+# stage -> (python module, primary config name)
+STAGES: dict[str, tuple[str, str]] = {
+    "prepare": ("adpo.stages.prepare", "prepare"),
+    "sft": ("adpo.stages.sft", "sft"),
+    "sample": ("adpo.stages.sample", "sample"),
+    "pairs": ("adpo.stages.pairs", "pairs"),
+    "weights": ("adpo.stages.weights", "weights"),
+    "train": ("adpo.stages.train", "train"),
+    "eval": ("adpo.stages.evaluate", "eval"),
+    "aggregate": ("adpo.stages.aggregate", "aggregate"),
+}
+DATA_STAGES = ("sample", "pairs", "weights")
+BASE_RUN = "base"
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Step:
+    stage: str
+    overrides: list[str]
+    label: str = ""  # which run ("dpo-sequence-s0", "base") for per-run stages
+    config: DictConfig | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage} [{self.label}]" if self.label else self.stage
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+def run_overrides(run: Any) -> list[str]:
+    """A run from pipeline.runs (a list of "key=value" strings or a mapping) as Hydra overrides."""
+    if run is None:
+        return []
+    if isinstance(run, (Mapping, DictConfig)):
+        items = OmegaConf.to_container(run) if isinstance(run, DictConfig) else dict(run)
+        return [f"{k}={_hydra_value(v)}" for k, v in items.items()]
+    if isinstance(run, str):
+        return [run]
+    if isinstance(run, (Sequence, ListConfig)):
+        return [str(o) for o in run]
+    raise ValueError(f"a pipeline run must be a list of overrides or a mapping, got {run!r}")
+
+
+def expand_runs(runs: Any, sweep: Any = None) -> list[list[str]]:
+    """pipeline.runs, each crossed with every combination of pipeline.sweep ({key: [values]}); the sweep is the
+    outer loop, so that all runs of a first seed finish before the second seed starts."""
+    base = [run_overrides(r) for r in (runs or [[]])]
+    if not sweep:
+        return base
+    items = OmegaConf.to_container(sweep) if isinstance(sweep, DictConfig) else dict(sweep)
+    grid = [[f"{k}={_hydra_value(v)}" for v in (values if isinstance(values, list) else [values])]
+            for k, values in items.items()]
+    return [r + list(combo) for combo in itertools.product(*grid) for r in base]
+
+
+def _hydra_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def stage_overrides(cli_overrides: Sequence[str]) -> list[str]:
+    """The pipeline's command line minus what only the pipeline reads."""
+    return [o for o in cli_overrides if not _key(o).startswith(("pipeline.", "hydra.", "hydra/")) and
+            _key(o) != "pipeline"]
+
+
+def _compose(stage: str, overrides: Sequence[str]) -> DictConfig:
+    return compose(STAGES[stage][1], overrides)
+
+
+def plan(cfg: DictConfig, cli_overrides: Sequence[str]) -> list[Step]:
+    """The chain's steps, in order, each with its overrides and its composed config."""
+    p = cfg.pipeline
+    wanted = list(p.stages)
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; known: {list(STAGES)}")
+    base = stage_overrides(cli_overrides)
+    runs = expand_runs(p.runs, p.get("sweep"))
+    run_cfgs = [_compose("train", base + r) for r in runs]
+    labels = [str(c.run_name) for c in run_cfgs]
+    duplicates = {lab for lab in labels if labels.count(lab) > 1}
+    if duplicates:
+        raise ValueError(f"pipeline.runs: runs {sorted(duplicates)} share a run_name (and so their directories); "
+                         "make run_name depend on what differs (e.g. run_name=dpo-lr1e-5-s${seed})")
+    steps: list[Step] = []
+
+    def add(stage: str, overrides: list[str], label: str = "") -> None:
+        if stage in wanted:
+            steps.append(Step(stage, overrides, label, _compose(stage, overrides)))
+
+    add("prepare", base)
+    sft = p.sft
+    if sft == "auto":
+        sft = cfg.data.get("source") == "toy"
+    if sft:
+        add("sft", base)
+    if p.base_eval:
+        add("eval", base + [f"run_name={BASE_RUN}", "input_dir=${model.name_or_path}"], BASE_RUN)
+
+    # Data chains: one shared, or one per distinct value of pipeline.data_keys among the runs.
+    data_keys = set(p.data_keys or [])
+    chains: dict[tuple[str, ...], list[int]] = {}
+    for i, r in enumerate(runs):
+        chains.setdefault(tuple(o for o in r if _key(o) in data_keys), []).append(i)
+    weights = p.weights
+    for chain, members in chains.items():
+        label = ",".join(chain)
+        needs_weights = weights if weights != "auto" else any(bool(run_cfgs[i].method.use_weights) for i in members)
+        add("sample", base + list(chain), label)
+        add("pairs", base + list(chain), label)
+        if needs_weights:
+            add("weights", base + list(chain), label)
+    for r, label in zip(runs, labels):
+        add("train", base + r, label)
+        add("eval", base + r, label)
+    add("aggregate", base)
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+def command(step: Step, cfg: DictConfig) -> list[str]:
+    python = cfg.pipeline.python or sys.executable
+    module = STAGES[step.stage][0]
+    nproc = int(cfg.pipeline.nproc_per_node)
+    if step.stage == "train" and nproc > 1:
+        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                "-m", module, *step.overrides]
+    return [python, "-m", module, *step.overrides]
+
+
+def manifest_key(stage: str, cfg: DictConfig) -> Any:
+    """What the stage hashes into its manifest: its module's relevant_config(cfg) when it has one (the part of the
+    config its output depends on), else the whole config."""
+    module = importlib.import_module(STAGES[stage][0])
+    relevant = getattr(module, "relevant_config", None)
+    return relevant(cfg) if callable(relevant) else cfg
+
+
+def is_finished(step: Step) -> bool:
+    """The stage's own test: a complete manifest for this config whose recorded inputs are unchanged."""
+    cfg = step.config
+    if cfg is None or cfg.get("output_dir") is None:
+        return False
+    try:
+        out = Path(cfg.output_dir)
+        record = read_manifest(out)
+        return record is not None and is_complete(out, manifest_key(step.stage, cfg),
+                                                  list(record.get("inputs") or {}))
+    except Exception as e:  # an unresolvable interpolation, say: let the stage decide
+        log.debug("pipeline: cannot check %s (%s); running it", step.name, e)
+        return False
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the pipeline dies (even by SIGKILL), so a stage never runs on orphaned."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Runner:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.logs = Path(cfg.paths.root) / "logs"
+        self.child: subprocess.Popen | None = None
+
+    def _forward(self, signum: int, _frame: Any) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+            try:
+                self.child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+        raise SystemExit(128 + signum)
+
+    def run_step(self, index: int, total: int, step: Step) -> str:
+        head = f"[pipeline] {index:>2}/{total} {step.name:<40}"
+        if is_finished(step):
+            print(f"{head} skipped (finished)", flush=True)
+            return "skipped"
+        p = self.cfg.pipeline
+        env = {**os.environ, **{str(k): str(v) for k, v in (p.env or {}).items()}}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        safe = step.label.replace("/", "_").replace(",", "_").replace("=", "")
+        log_path = self.logs / f"{index:02d}-{step.stage}{'-' + safe if safe else ''}.log"
+        cmd = command(step, self.cfg)
+        before = (read_manifest(step.config.output_dir) or {}).get("finished_at") if step.config else None
+        print(f"{head} running ... (log: {log_path})", flush=True)
+        start = time.time()
+        with open(log_path, "w") as log_file:
+            log_file.write("$ " + " ".join(cmd) + "\n")
+            log_file.flush()
+            sink = None if p.stream_logs else log_file
+            self.child = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT if sink else None, env=env,
+                                          preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            code = self.child.wait()
+            self.child = None
+        seconds = time.time() - start
+        if code != 0:
+            tail = log_path.read_text(errors="replace").splitlines()[-int(p.tail_on_failure):]
+            print("\n".join(tail), file=sys.stderr, flush=True)
+            raise StageFailed(f"{step.name} failed (exit {code}) after {seconds:.0f} s; command: {' '.join(cmd)}; "
+                              f"log: {log_path}")
+        after = (read_manifest(step.config.output_dir) or {}).get("finished_at") if step.config else None
+        note = " (the stage found its work finished)" if before is not None and before == after else ""
+        print(f"{head} ran in {seconds:.1f} s{note}", flush=True)
+        return "ran"
+
+
+def run(cfg: DictConfig, cli_overrides: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    if cli_overrides is None:
+        cli_overrides = _hydra_overrides()
+    steps = plan(cfg, cli_overrides)
+    print(f"[pipeline] {cfg.experiment_name}: {len(steps)} stages under {cfg.paths.root}", flush=True)
+    if cfg.pipeline.dry_run:
+        for i, step in enumerate(steps, 1):
+            print(f"[pipeline] {i:>2}/{len(steps)} {step.name:<40} " + " ".join(command(step, cfg)))
+        return []
+    runner = Runner(cfg)
+    previous = {s: signal.signal(s, runner._forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    start, results = time.time(), []
+    try:
+        for i, step in enumerate(steps, 1):
+            results.append((step.name, runner.run_step(i, len(steps), step)))
+    except StageFailed as e:
+        print(f"[pipeline] FAILED: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    ran = sum(r == "ran" for _, r in results)
+    print(f"[pipeline] done in {time.time() - start:.0f} s: {ran} stages ran, {len(results) - ran} skipped",
+          flush=True)
+    tables = Path(cfg.paths.results) / "tables.md"
+    if cfg.pipeline.print_tables and "aggregate" in list(cfg.pipeline.stages) and tables.is_file():
+        print("\n" + tables.read_text(), flush=True)
+    return results
+
+
+def _hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # not started by hydra.main (e.g. run(compose(...)) from code)
+        return []
+
+
+main = stage_main("pipeline")(run)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Stage 'sft' (toy task only): train a tiny Llama from scratch on the worked solutions into an imperfect base model.
+
+This builds the quickstart's base model; it is not the paper's method, so it is a plain torch loop (AdamW, warm-up
+then cosine decay, completion-only loss on the worked solution after the zero-shot prompt that sampling,
+training and evaluation use: adpo.data.prompts). It checkpoints every `sft.checkpoint_every` steps and a killed run
+resumes from the last checkpoint with the same batches and optimizer state, so the final model is the same as an
+uninterrupted run's. Output: output_dir/model (weights + tokenizer, transformers format).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from adpo.config import stage_main
+from adpo.data.prompts import build_prompt, zero_shot_prompt
+from adpo.data.records import Problem, read_problems
+from adpo.data.tokenize import encode_pair, encode_prompt
+from adpo.io import atomic_directory, atomic_write_json
+from adpo.manifest import config_hash, is_complete, write_manifest
+from adpo.toy.model import build_tiny_llama
+from adpo.toy.tokenizer import build_tokenizer
+from adpo.tracking import init_wandb
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+TRAINER_STATE = "trainer_state.pt"
+_FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+
+
+def lr_at(step: int, cfg: DictConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """The examples of `step`: epochs are seeded permutations, so any step's batch is known without replay."""
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[k * batch_size:(k + 1) * batch_size]
+
+
+def encode_examples(problems: list[Problem], tokenizer: PreTrainedTokenizerBase, cfg: DictConfig,
+                    model_cfg: DictConfig) -> list[tuple[list[int], int]]:
+    """(input ids, prompt length) per problem, tokenised exactly as the preference stages tokenise pairs."""
+    examples = []
+    for p in problems:
+        if not p.solution:
+            raise ValueError(f"problem {p.id} has no worked solution; the sft stage trains on solutions")
+        enc = encode_pair(tokenizer, build_prompt(p, "zero_shot", model_cfg.prompt_format, tokenizer), p.solution,
+                          prompt_format=model_cfg.prompt_format, max_prompt_length=model_cfg.max_prompt_length,
+                          max_length=cfg.max_length)
+        examples.append((enc.input_ids, len(enc.prompt_ids)))
+    return examples
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(examples):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        labels[row, prompt_len:len(ids)] = torch.tensor(ids[prompt_len:])  # completion-only loss
+        attention[row, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def final_answer(text: str) -> str | None:
+    match = _FINAL.search(text)
+    return match.group(1).replace(",", "") if match else None
+
+
+@torch.no_grad()
+def greedy_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
+                    max_new_tokens: int = 160, batch_size: int = 32, prompt_format: str = "plain") -> float:
+    """Exact match of the greedy answer's `#### N` with the gold answer (HF generate, left-padded batches)."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start:start + batch_size]
+        prompts = [encode_prompt(tokenizer, build_prompt(p, "zero_shot", prompt_format, tokenizer), prompt_format)
+                   for p in chunk]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in prompts])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompts])
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for p, seq in zip(chunk, out[:, width:]):
+            correct += final_answer(tokenizer.decode(seq, skip_special_tokens=True)) == p.gold
+    return correct / max(1, len(problems))
+
+
+def _save_checkpoint(path: Path, model, tokenizer, optimizer, step: int, cfg_hash: str) -> None:
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        torch.save({"step": step, "optimizer": optimizer.state_dict() if optimizer else None,
+                    "config_hash": cfg_hash}, tmp / TRAINER_STATE)
+
+
+def _start_or_resume(cfg: DictConfig, problems: list[Problem], ckpt: Path, cfg_hash: str):
+    """Load the last checkpoint of this very config, or build the tokenizer and a random model (step 0)."""
+    s = cfg.sft
+    state = torch.load(ckpt / TRAINER_STATE, weights_only=False) if (ckpt / TRAINER_STATE).is_file() else None
+    if state is None or state.get("config_hash") != cfg_hash:
+        if state is not None:
+            log.info("sft: checkpoint %s belongs to another config; starting over", ckpt)
+        with atomic_directory(ckpt) as tmp:
+            texts = [zero_shot_prompt(p.dataset, p.question) + (p.solution or "") for p in problems]
+            tokenizer = build_tokenizer(texts, tmp, vocab_size=s.vocab_size)
+            build_tiny_llama(tokenizer, tmp, hidden_size=s.hidden_size, num_layers=s.num_layers,
+                             num_heads=s.num_heads, intermediate_size=s.intermediate_size,
+                             max_position_embeddings=max(1024, s.max_length), seed=s.seed)
+            torch.save({"step": 0, "optimizer": None, "config_hash": cfg_hash}, tmp / TRAINER_STATE)
+        state = torch.load(ckpt / TRAINER_STATE, weights_only=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    model = LlamaForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
+    return tokenizer, model, state
+
+
+def relevant_config(cfg: DictConfig) -> dict:
+    """What the base model depends on besides the prepared data (an input): the sft settings and how prompts are
+    tokenised. Changing the method, training or sampling settings of an experiment leaves the base model finished."""
+    model = {k: cfg.model.get(k) for k in ("prompt_format", "max_prompt_length")}
+    return {"stage": "sft", "sft": OmegaConf.to_container(cfg.sft, resolve=True), "model": model,
+            "output_dir": str(cfg.output_dir)}
+
+
+def run(cfg: DictConfig) -> dict:
+    out, data = Path(cfg.output_dir), Path(cfg.input_dir)
+    inputs = [data]
+    key = relevant_config(cfg)
+    if is_complete(out, key, inputs):
+        log.info("sft: %s is complete (manifest matches); skipping", out)
+        return {}
+    s = cfg.sft
+    if s.num_threads:
+        torch.set_num_threads(int(s.num_threads))
+    problems = read_problems(data / "train.jsonl")
+    cfg_hash = config_hash(key)
+    ckpt = out / CHECKPOINT
+    tokenizer, model, state = _start_or_resume(cfg, problems, ckpt, cfg_hash)
+    examples = encode_examples(problems, tokenizer, s, cfg.model)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("sft: %d train examples, %.2fM parameters, %d steps (resuming at %d)",
+             len(examples), n_params / 1e6, s.steps, state["step"])
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.95), weight_decay=s.weight_decay)
+    if state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    run_ = init_wandb(cfg, job_type="sft", name=f"sft-{cfg.experiment_name}")
+    model.train()
+    start, t0, loss_sum, loss_n, last_loss = state["step"], time.time(), 0.0, 0, float("nan")
+    bar = tqdm(range(start, s.steps), initial=start, total=s.steps, desc="sft", disable=not cfg.progress)
+    for step in bar:
+        lr = lr_at(step, s)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = collate([examples[i] for i in batch_indices(step, len(examples), s.batch_size, s.seed)],
+                        tokenizer.pad_token_id)
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        optimizer.step()
+        loss_sum, loss_n, last_loss = loss_sum + loss.item(), loss_n + 1, loss.item()
+        if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
+            avg = loss_sum / loss_n
+            bar.set_postfix(loss=f"{avg:.3f}", lr=f"{lr:.1e}")
+            log.info("sft step %d/%d loss %.4f lr %.2e", step + 1, s.steps, avg, lr)
+            if run_ is not None:
+                run_.log({"train/loss": avg, "train/lr": lr, "train/grad_norm": float(grad_norm)}, step=step + 1)
+            loss_sum, loss_n = 0.0, 0
+        if s.checkpoint_every and (step + 1) % s.checkpoint_every == 0 and step + 1 < s.steps:
+            _save_checkpoint(ckpt, model, tokenizer, optimizer, step + 1, cfg_hash)
+    bar.close()
+
+    outputs = {"model": str(out / "model"), "steps": int(s.steps), "parameters": n_params,
+               "final_loss": last_loss, "train_seconds": round(time.time() - t0, 1)}
+    if s.eval_problems:
+        test = read_problems(data / "test.jsonl")[: s.eval_problems]
+        acc = greedy_accuracy(model, tokenizer, test, max_new_tokens=s.eval_max_new_tokens,
+                              prompt_format=cfg.model.prompt_format)
+        outputs["greedy_accuracy"] = {"accuracy": acc, "problems": len(test)}
+        log.info("sft: greedy accuracy %.3f on %d test problems", acc, len(test))
+        if run_ is not None:
+            run_.log({"eval/greedy_accuracy": acc}, step=s.steps)
+    with atomic_directory(out / "model") as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    atomic_write_json(out / "sft_summary.json", outputs)
+    write_manifest(out, "sft", key, inputs, outputs=outputs)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    if run_ is not None:
+        run_.finish()
+    return outputs
+
+
+main = stage_main("sft")(run)
+
+if __name__ == "__main__":
+    main()

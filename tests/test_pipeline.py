@@ -1,0 +1,191 @@
+"""The pipeline runner: its plan from the experiment configs, and the tiny chain killed midway then resumed to the
+same outputs as an uninterrupted run, with a final rerun that skips every stage."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adpo.config import compose
+from adpo.pipeline import expand_runs, plan, stage_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def names(steps) -> list[str]:
+    return [s.name for s in steps]
+
+
+def pipeline_cfg(*overrides: str):
+    return compose("pipeline", list(overrides))
+
+
+def test_quickstart_plan_runs_every_stage_in_chain_order(tmp_path):
+    overrides = ["experiment=quickstart", f"paths.root={tmp_path}", "pipeline.stream_logs=true"]
+    steps = plan(pipeline_cfg(*overrides), overrides)
+    assert names(steps) == [
+        "prepare", "sft", "eval [base]", "sample", "pairs",
+        "train [dpo-sequence-s0]", "eval [dpo-sequence-s0]", "train [adpo-token-s0]", "eval [adpo-token-s0]",
+        "train [adpo-static4-s0]", "eval [adpo-static4-s0]", "train [adpo-adaptive4-s0]",
+        "eval [adpo-adaptive4-s0]", "aggregate"]
+    # Every stage gets the pipeline's overrides (but not its own settings), per-run stages their run's too.
+    for step in steps:
+        assert step.overrides[:2] == overrides[:2] and not any(o.startswith("pipeline.") for o in step.overrides)
+    static = steps[10]
+    assert static.overrides[2:] == ["method=adpo", "method.granularity=static:4"]
+    assert static.config.output_dir == f"{tmp_path}/eval/adpo-static4-s0"
+    base_eval = steps[2].config
+    assert base_eval.model_dir == f"{tmp_path}/base_model/model" and base_eval.output_dir == f"{tmp_path}/eval/base"
+    # The base model the sft stage writes is where sampling and training start.
+    assert steps[1].config.output_dir == f"{tmp_path}/base_model"
+    assert steps[5].config.model.name_or_path == f"{tmp_path}/base_model/model"
+
+
+def test_weights_stage_joins_when_a_run_needs_weights(tmp_path):
+    overrides = ["experiment=quickstart", f"paths.root={tmp_path}"]
+    cfg = pipeline_cfg(*overrides, "pipeline.runs=[{method:dpo},{method:cadpo}]", "pipeline.base_eval=false")
+    steps = plan(cfg, overrides)
+    assert names(steps)[:5] == ["prepare", "sft", "sample", "pairs", "weights"]
+    assert steps[-3].config.input_dir == f"{tmp_path}/pairs_weighted"  # cadpo trains on the weighted pairs
+
+
+def test_toy_study_samples_once_per_seed_and_sweeps_learning_rates(tmp_path):
+    overrides = ["experiment=toy_study", f"paths.root={tmp_path}"]
+    cfg = pipeline_cfg(*overrides)
+    steps = plan(cfg, overrides)
+    samples = [s for s in steps if s.stage == "sample"]
+    seeds = list(cfg.pipeline.sweep["seed"])
+    assert len(samples) == len(seeds) >= 3
+    assert [s.config.output_dir for s in samples] == [f"{tmp_path}/samples/s{k}" for k in seeds]
+    trains = [s for s in steps if s.stage == "train"]
+    lrs = list(cfg.pipeline.sweep["train.lr"])
+    assert len(trains) == len(cfg.pipeline.runs) * len(seeds) * len(lrs)
+    assert len({s.config.output_dir for s in trains}) == len(trains)  # every run has its own directory
+    first = trains[0].config
+    assert first.input_dir == f"{tmp_path}/pairs/s{seeds[0]}"
+
+
+def test_runs_that_share_a_directory_are_refused(tmp_path):
+    overrides = ["experiment=quickstart", f"paths.root={tmp_path}"]
+    cfg = pipeline_cfg(*overrides, "pipeline.runs=[{method:dpo},{method:dpo,train.lr:1e-5}]")
+    with pytest.raises(ValueError, match="share a run_name"):
+        plan(cfg, overrides)
+
+
+def test_runs_and_sweeps_expand_in_order():
+    assert expand_runs([["method=dpo"], {"method": "adpo"}], {"seed": [0, 1]}) == [
+        ["method=dpo", "seed=0"], ["method=adpo", "seed=0"], ["method=dpo", "seed=1"], ["method=adpo", "seed=1"]]
+    assert stage_overrides(["experiment=x", "pipeline.dry_run=true", "hydra/launcher=local", "seed=2"]) == [
+        "experiment=x", "seed=2"]
+
+
+def test_dry_run_prints_the_commands(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "adpo.pipeline", "experiment=quickstart", f"paths.root={tmp_path}",
+                           "pipeline.dry_run=true", "pipeline.nproc_per_node=2"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "-m torch.distributed.run --standalone --nproc_per_node 2 -m adpo.stages.train" in proc.stdout
+    assert "-m adpo.stages.evaluate experiment=quickstart" in proc.stdout
+    assert not (tmp_path / "data").exists()
+
+
+# ---------------------------------------------------------------------------------------------- kill and resume
+
+# What a chain produces, compared byte for byte; manifests, logs, timings and wandb ids legitimately differ.
+FINAL_OUTPUTS = ["data/*.jsonl", "base_model/model/*", "samples/shard-*.jsonl", "pairs/pairs.jsonl",
+                 "train/*/model/*", "eval/*/predictions.jsonl", "results/*.csv", "results/*.md"]
+
+
+def _toy_data_hook_missing() -> str | None:
+    from adpo.data.loaders import load_problems
+
+    try:
+        load_problems({"dataset": "gsm8k", "name": "toy", "source": "toy", "splits": {"test": 2}, "seed": 0}, "test")
+    except Exception as e:  # noqa: BLE001
+        return f"adpo.data.loaders.load_problems cannot read `source: toy` data configs ({e})"
+    return None
+
+
+def chain_command(root: Path) -> list[str]:
+    return [sys.executable, "-m", "adpo.pipeline", "experiment=tiny_chain", f"paths.root={root}", "progress=false",
+            "pipeline.runs=[{method:adpo}]"]
+
+
+def chain_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_chain(root: Path, timeout: float = 1200) -> str:
+    proc = subprocess.run(chain_command(root), capture_output=True, text=True, timeout=timeout, env=chain_env(),
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def run_chain_until(root: Path, condition, timeout: float = 1200) -> None:
+    """Start the chain and SIGKILL it, stage subprocesses included, as soon as `condition()` holds."""
+    proc = subprocess.Popen(chain_command(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=chain_env(), cwd=REPO, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while not condition():
+            assert proc.poll() is None, "the chain finished before it could be interrupted"
+            assert time.time() < deadline, "timed out waiting for the interruption point"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(1.0)  # stage processes die with the pipeline (PR_SET_PDEATHSIG); let them go
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    files = {}
+    for pattern in FINAL_OUTPUTS:
+        for path in sorted(root.glob(pattern)):
+            if path.is_file():
+                files[str(path.relative_to(root))] = path.read_bytes()
+    return files
+
+
+def _log_says(root: Path, pattern: str, text: str) -> bool:
+    return any(text in p.read_text(errors="replace") for p in (root / "logs").glob(pattern))
+
+
+@pytest.mark.slow
+def test_killed_chain_resumes_to_the_same_outputs(tmp_path):
+    missing = _toy_data_hook_missing()
+    if missing:
+        pytest.fail(f"the prepare stage's toy hook is missing: {missing}")
+    root = tmp_path / "chain"
+
+    # An uninterrupted run, moved aside so that the interrupted one writes to the same paths.
+    run_chain(root)
+    reference = outputs(root)
+    assert any(k.startswith("train/") for k in reference) and "results/main.csv" in reference
+    shutil.move(root, tmp_path / "uninterrupted")
+
+    # Killed in the middle of the sft stage (after a checkpoint), then in the middle of training, then finished.
+    run_chain_until(root, lambda: _log_says(root, "*-sft.log", "sft step 20/"))
+    assert not (root / "base_model" / "model").exists()
+    run_chain_until(root, lambda: any((root / "train").glob("*/checkpoints/*/*.pt")))
+    assert not (root / "results").exists()
+    log = run_chain(root)
+    assert "prepare" in log and "skipped" in log
+
+    resumed = outputs(root)
+    assert sorted(resumed) == sorted(reference)
+    different = [name for name in reference if resumed[name] != reference[name]]
+    assert not different, f"outputs differ after kill and resume: {different}"
+
+    # A rerun of the finished chain starts no stage and touches no output.
+    manifests = {p: p.stat().st_mtime_ns for p in root.rglob("manifest.json")}
+    log = run_chain(root)
+    assert "running ..." not in log and ": 0 stages ran," in log
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("manifest.json")} == manifests
