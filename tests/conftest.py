@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tokenizer = build_tokenizer(SAMPLE_TEXT, out, vocab_size=384)
     build_tiny_llama(tokenizer, out, hidden_size=64, num_layers=2, num_heads=2, seed=0)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_wandb_service():
+    """A test that ran wandb in this process leaves its service's address in WANDB_SERVICE; stage subprocesses that
+    inherit it would share that service, which keeps a killed run's id "in use" when a later run resumes it."""
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+    os.environ.pop("WANDB_SERVICE", None)

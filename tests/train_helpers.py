@@ -55,7 +55,7 @@ def add_weights(rows, tokenizer, *, value=None, seed: int = 0, prompt_format="pl
 
 def stage_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
+                                                              "MASTER_PORT", "WANDB_SERVICE")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_SILENT="true",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
     env.update(extra)

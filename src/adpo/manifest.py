@@ -19,13 +19,22 @@ from adpo.io import atomic_write_json, file_sha256
 
 MANIFEST = "manifest.json"
 # Keys that say where or how to run, not what to compute: they do not change a stage's result.
-VOLATILE_KEYS = ("hydra", "wandb", "launcher", "progress")
+VOLATILE_KEYS = ("hydra", "wandb", "launcher", "progress", "pipeline")
 
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     data = {k: v for k, v in data.items() if k not in VOLATILE_KEYS}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def relevant(cfg: DictConfig, stage: str, *keys: str) -> dict[str, Any]:
+    """The part of `cfg` a stage's output depends on (dotted keys), to hash instead of the whole config: a stage
+    upstream of training must stay finished work when only the method, the training seed or a path changes."""
+    def plain(value: Any) -> Any:
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+    return {"stage": stage, **{key: plain(OmegaConf.select(cfg, key)) for key in keys}}
 
 
 def fingerprint(path: str | Path) -> str:
@@ -45,13 +54,15 @@ def write_manifest(
     inputs: Sequence[str | Path] = (),
     outputs: Mapping[str, Any] | None = None,
     status: str = "complete",
+    key: Mapping[str, Any] | None = None,
 ) -> Path:
+    """`key` (see relevant()) is what is hashed when given; the whole resolved config is recorded either way."""
     output_dir = Path(output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     record = {
         "stage": stage,
         "status": status,
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(cfg if key is None else key),
         "inputs": {str(p): fingerprint(p) for p in inputs},
         "outputs": dict(outputs or {}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

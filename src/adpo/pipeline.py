@@ -233,6 +233,9 @@ class Runner:
         p = self.cfg.pipeline
         env = {**os.environ, **{str(k): str(v) for k, v in (p.env or {}).items()}}
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # A stage starts its own wandb service: one inherited from this process would outlive a killed stage and
+        # keep its run id "in use" when the stage resumes that run.
+        env.pop("WANDB_SERVICE", None)
         self.logs.mkdir(parents=True, exist_ok=True)
         safe = step.label.replace("/", "_").replace(",", "_").replace("=", "")
         log_path = self.logs / f"{index:02d}-{step.stage}{'-' + safe if safe else ''}.log"

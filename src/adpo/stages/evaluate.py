@@ -27,7 +27,7 @@ from adpo.data.records import Problem, read_problems
 from adpo.generation import load_generator
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
-from adpo.manifest import MANIFEST, config_hash, fingerprint, is_complete, write_manifest
+from adpo.manifest import MANIFEST, config_hash, fingerprint, is_complete, relevant, write_manifest
 from adpo.tracking import init_wandb
 
 log = logging.getLogger(__name__)
@@ -192,15 +192,20 @@ def log_to_wandb(cfg: DictConfig, metrics: dict[str, Any], rows: Sequence[dict[s
     run.finish()
 
 
+def relevant_config(cfg: DictConfig) -> dict:
+    """What this stage's output depends on besides its inputs (hashed into its manifest)."""
+    return relevant(cfg, "eval", 'eval', 'generation', 'data', 'model.prompt_format')
+
+
 def run(cfg: DictConfig) -> Path:
     output_dir = Path(cfg.output_dir)
     model_dir = str(cfg.model_dir)
     problems, problems_file = load_eval_problems(cfg)
     inputs = model_inputs(model_dir) + ([str(problems_file)] if problems_file else [])
-    if is_complete(output_dir, cfg, inputs):
+    if is_complete(output_dir, relevant_config(cfg), inputs):
         log.info("eval: %s is complete for this config and these inputs; nothing to do", output_dir)
         return output_dir
-    write_manifest(output_dir, "eval", cfg, inputs, status="running")
+    write_manifest(output_dir, "eval", cfg, inputs, status="running", key=relevant_config(cfg))
 
     evaluator = ShardEvaluator(cfg)
     datasets = sorted({p.dataset for p in problems})
@@ -236,7 +241,7 @@ def run(cfg: DictConfig) -> Path:
     print(f"eval: accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['total']}) on "
           f"{metrics['dataset']} {cfg.eval.split}, no answer {metrics['no_answer']}, cut at max tokens "
           f"{metrics['truncated']}{speed} -> {output_dir}", flush=True)
-    write_manifest(output_dir, "eval", cfg, inputs,
+    write_manifest(output_dir, "eval", cfg, inputs, key=relevant_config(cfg),
                    outputs={"predictions": PREDICTIONS, "metrics": METRICS, "accuracy": metrics["accuracy"],
                             "total": metrics["total"]})
     return output_dir

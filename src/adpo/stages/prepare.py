@@ -70,7 +70,7 @@ def run(cfg: DictConfig) -> Path:
     for split in SPLITS:  # a split left from an earlier run with other data must not pass for this one's
         if split not in splits and (output_dir / f"{split}.jsonl").exists():
             (output_dir / f"{split}.jsonl").unlink()
-    write_manifest(output_dir, "prepare", key, inputs, outputs)
+    write_manifest(output_dir, "prepare", cfg, inputs, outputs, key=key)
     return output_dir
 
 

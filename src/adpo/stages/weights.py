@@ -27,7 +27,7 @@ from adpo.data.tokenize import EncodedResponse, encode_pair
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, file_sha256, iter_jsonl, require_field
 from adpo.lora_finetune import (SFTConfig, add_adapter, load_adapter, make_lora_config, save_adapter,
                                 saved_adapter_key, train_adapter)
-from adpo.manifest import is_complete, write_manifest
+from adpo.manifest import is_complete, relevant, write_manifest
 from adpo.pairing import Sample, read_samples, sample_files
 from adpo.stages.pairs import check_samples_finished, default_dataset, samples_inputs, training_prompt_builder
 from adpo.tracking import init_wandb
@@ -161,6 +161,11 @@ def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedRespo
     return model, reports
 
 
+def relevant_config(cfg: DictConfig) -> dict:
+    """What this stage's output depends on besides its inputs (hashed into its manifest)."""
+    return relevant(cfg, "weights", 'criticality', 'model')
+
+
 def run(cfg: DictConfig) -> Path:
     pairs_dir, samples_dir, output_dir = Path(cfg.input_dir), Path(cfg.samples_dir), Path(cfg.output_dir)
     model_path = str(cfg.model.name_or_path)
@@ -168,7 +173,7 @@ def run(cfg: DictConfig) -> Path:
     if not samples_in:
         raise DataError(f"{samples_dir}: no sample shards (shard-*.jsonl): the weights stage fine-tunes on them")
     inputs = [pairs_dir / "pairs.jsonl", *samples_in, model_path]
-    if is_complete(output_dir, cfg, inputs):
+    if is_complete(output_dir, relevant_config(cfg), inputs):
         log.info("weights: %s is complete for this config and these inputs; nothing to do", output_dir)
         return output_dir / "pairs.jsonl"
     check_samples_finished(samples_dir)
@@ -206,7 +211,7 @@ def run(cfg: DictConfig) -> Path:
         wandb_run.finish()
     print(f"weights: {len(pairs)} pairs, mean rejected weight {mean_rejected:.4f} -> {output_dir / 'pairs.jsonl'}",
           flush=True)
-    write_manifest(output_dir, "weights", cfg, inputs,
+    write_manifest(output_dir, "weights", cfg, inputs, key=relevant_config(cfg),
                    outputs={"pairs": "pairs.jsonl", "adapters": list(ADAPTERS), "stats": "weights_stats.json",
                             "num_pairs": len(pairs)})
     return output_dir / "pairs.jsonl"
