@@ -16,9 +16,7 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from adpo.config import conf_dir, stage_main
-from adpo.io import DataError, atomic_write_text, iter_jsonl
+from adpo.io import DataError, atomic_write_bytes, atomic_write_text, iter_jsonl
 from adpo.manifest import is_complete, read_manifest, write_manifest
 from adpo.stats import mean_ci, paired_bootstrap
 
@@ -409,18 +407,6 @@ def to_latex(frame: pd.DataFrame, caption: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table(out: Path, name: str, display: pd.DataFrame, numeric: pd.DataFrame, caption: str) -> None:
     atomic_write_text(out / f"{name}.md", to_markdown(display))
     atomic_write_text(out / f"{name}.tex", to_latex(display, caption))
@@ -466,7 +452,7 @@ def plot_granularity(summary: pd.DataFrame, group_by: Sequence[str], path: Path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     return True
 
 
