@@ -191,3 +191,24 @@ def test_weights_stage_defaults_to_rejected_only(tmp_path, tiny_model_dir):
     rows = [json.loads(x) for x in (tmp_path / "pairs_weighted" / "pairs.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     assert all("rejected_weights" in r and "chosen_weights" not in r for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["cdpo", "cadpo"])
+def test_train_stage_consumes_the_weighted_pairs(weighted_run, tiny_model_dir, method):
+    """The weights stage's real output trains under the weighted methods, and the weights (not all 1) change the
+    training, which the unweighted method on the same pairs shows."""
+    root, _, weight_overrides = weighted_run
+    max_length = [o for o in weight_overrides if o.startswith("model.max_length=")]
+    common = ("train=tiny", "deepspeed=zero0", "train.max_steps=2", "train.log_every=1", *max_length)
+    run_stage("train", root, tiny_model_dir, f"method={method}", f"output_dir={root / method}", *common)
+    unweighted = "dpo" if method == "cdpo" else "adpo"
+    run_stage("train", root, tiny_model_dir, f"method={unweighted}", f"input_dir={root / 'pairs_weighted'}",
+              f"output_dir={root / unweighted}", *common)
+    assert (root / method / "model" / "config.json").is_file()
+    rows = {m: [json.loads(line) for line in (root / m / "metrics.jsonl").read_text().splitlines()]
+            for m in (method, unweighted)}
+    # Step 1: the policy is the reference, every log-ratio is 0, and weighting them changes nothing.
+    assert rows[method][0]["loss"] == pytest.approx(rows[unweighted][0]["loss"], abs=1e-6)
+    # Step 2: the weights have shaped the first update and the loss.
+    assert rows[method][1]["loss"] != pytest.approx(rows[unweighted][1]["loss"], rel=1e-5)
