@@ -106,12 +106,13 @@ def test_unknown_backend_is_refused(model_dir):
         load_generator({"backend": "tgi"}, model_dir)
 
 
-def test_vllm_cpu_head_size_is_checked_up_front(tiny_model_dir, model_dir):
+def test_vllm_cpu_head_size_is_checked_up_front(tmp_path, model_dir):
     """vLLM-CPU's attention has no kernel for head size 16 (it fails deep in its first forward pass)."""
     from adpo.generation.vllm_backend import check_cpu_head_size
 
+    head16 = build_model(tmp_path / "head16", hidden_size=64, num_heads=4)
     with pytest.raises(ValueError, match="head size 16 .*generation=hf"):
-        check_cpu_head_size(str(tiny_model_dir), trust_remote_code=False)
+        check_cpu_head_size(str(head16), trust_remote_code=False)
     check_cpu_head_size(str(model_dir), trust_remote_code=False)
 
 
