@@ -35,17 +35,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from adpo.data.loaders import read_jsonl_problems  # noqa: E402
 from adpo.grading import Grader  # noqa: E402
+from adpo.grading.adversarial import ADVERSARIAL_OUTPUTS  # noqa: E402
 
-ADVERSARIAL = {
-    "power tower": r"The answer is \boxed{9^{9^{9^{9^{9}}}}}",
-    "huge factorial": r"\boxed{(10^{10})!}",
-    "nested boxes x20000": "\\boxed{" * 20000 + "1" + "}" * 20000,
-    "unclosed boxes x50000": "\\boxed{" * 50000,
-    "nested fractions x300": "\\boxed{" + "\\frac{1}{" * 300 + "2" + "}" * 300 + "}",
-    "1M-digit number": "The answer is " + "9" * 1_000_000,
-    "4 MB of text": "a " * 2_000_000,
-    "100k dollar signs": "Final Answer: The final answer is " + "$" * 100_000,
-}
 
 
 def workloads(data: Path) -> dict[str, tuple[str, list[str], list[str]]]:
@@ -78,7 +69,7 @@ def throughput(name, dataset, texts, golds, workers, reps, timeout):
 def adversarial(timeout: float) -> list[dict]:
     rows = []
     for soft in ("math-verify alarm on", "hard kill only"):
-        for name, text in ADVERSARIAL.items():
+        for name, text in ADVERSARIAL_OUTPUTS.items():
             for dataset in ("gsm8k", "math"):
                 kwargs = {} if soft.endswith("on") else {"soft_timeout_s": int(timeout * 10)}
                 start = time.perf_counter()

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from adpo.grading import Grade, Grader, answer_key, extract_answer, grade, grade_batch, is_correct, last_boxed_content
+from adpo.grading.adversarial import ADVERSARIAL_OUTPUTS
 from tests.conftest import shared_data_path
 
 # ---------------------------------------------------------------- the real data: every gold solution grades correct
@@ -205,28 +206,15 @@ def test_grade_batch_checks_lengths_and_handles_empty():
     assert grade_batch("gsm8k", [None], ["5"], workers=0) == [Grade(None, False)]  # type: ignore[list-item]
 
 
-ADVERSARIAL = {
-    # sympy evaluates these exactly, in C: only killing the worker stops it
-    "power tower": r"The answer is \boxed{9^{9^{9^{9^{9}}}}}",
-    "huge factorial": r"\boxed{(10^{10})!}",
-    "deep nesting": "\\boxed{" * 20000 + "1" + "}" * 20000,
-    "unclosed boxes": "\\boxed{" * 50000,
-    "deep fractions": "\\boxed{" + "\\frac{1}{" * 300 + "2" + "}" * 300 + "}",
-    "huge number": "The answer is " + "9" * 1_000_000,
-    "huge text": "a " * 2_000_000,
-    "many dollars": "Final Answer: The final answer is " + "$" * 100_000,
-}
-
-
 @pytest.mark.parametrize("dataset", ["gsm8k", "math"])
 def test_adversarial_outputs_finish_in_bounded_time(dataset):
     timeout_s = 2.0
-    texts = list(ADVERSARIAL.values()) + ["The answer is \\boxed{5}. The answer is 5."]
+    texts = list(ADVERSARIAL_OUTPUTS.values()) + ["The answer is \\boxed{5}. The answer is 5."]
     start = time.monotonic()
     with Grader(workers=2, timeout_s=timeout_s) as grader:
         grades = grader.grade_batch(dataset, texts, ["5"] * len(texts))
     elapsed = time.monotonic() - start
-    assert [g.correct for g in grades] == [False] * len(ADVERSARIAL) + [True]
+    assert [g.correct for g in grades] == [False] * len(ADVERSARIAL_OUTPUTS) + [True]
     # every stuck item costs at most two deadlines (in its chunk, then alone), spread over two workers
     assert elapsed < 2 * timeout_s * len(texts) / 2 + 15
 
@@ -234,7 +222,7 @@ def test_adversarial_outputs_finish_in_bounded_time(dataset):
 def test_a_stuck_item_is_killed_and_its_worker_replaced():
     # math-verify's own alarm set past the deadline: the power tower keeps sympy busy until the worker is killed
     with Grader(workers=1, timeout_s=1.0, soft_timeout_s=60) as grader:
-        first = grader.grade_batch("math", [ADVERSARIAL["power tower"], "\\boxed{5}"], ["5", "5"])
+        first = grader.grade_batch("math", [ADVERSARIAL_OUTPUTS["power tower"], "\\boxed{5}"], ["5", "5"])
         again = grader.grade_batch("math", ["\\boxed{5}"], ["5"])
     assert first[0].error == "timeout" and first[1].correct
     assert again[0].correct
