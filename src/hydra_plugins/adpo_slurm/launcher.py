@@ -62,16 +62,28 @@ def executor_parameters(params: dict[str, Any], executor: str) -> tuple[dict[str
 
 
 def render_sbatch(params: dict[str, Any], num_jobs: int) -> str:
-    """The sbatch script submitit would submit for `num_jobs` jobs (an array when more than one)."""
-    import submitit
-    from submitit.slurm.slurm import _make_sbatch_string
+    """The sbatch script submitit would submit for `num_jobs` jobs (an array when more than one).
+
+    Works on any machine: submitit's SlurmExecutor refuses to start where `srun` is missing, a check that matters for
+    submitting, not for showing a laptop user what would be submitted.
+    """
+    from submitit.slurm.slurm import SlurmExecutor, _make_sbatch_string
+
+    class RenderOnlySlurmExecutor(SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:
+            return 1
 
     init, update = executor_parameters(params, "slurm")
-    executor = submitit.AutoExecutor(cluster="slurm", **init)
-    executor.update_parameters(**update)
-    inner = executor._executor  # the SlurmExecutor, whose parameters are sbatch's
+    executor = RenderOnlySlurmExecutor(init["folder"], max_num_timeout=init.get("slurm_max_num_timeout", 3))
+    # As submitit.AutoExecutor.update_parameters: generic names (timeout_min, mem_gb, ...) are converted, the
+    # "slurm_"-prefixed ones are sbatch's own.
+    generic = {k: v for k, v in update.items() if not k.startswith("slurm_")}
+    specific = {k.removeprefix("slurm_"): v for k, v in update.items() if k.startswith("slurm_")}
+    executor._internal_update_parameters(**executor._convert_parameters(generic), **specific)
     extra = {"map_count": num_jobs} if num_jobs > 1 else {}
-    return _make_sbatch_string(command=inner._submitit_command_str, folder=inner.folder, **inner.parameters, **extra)
+    return _make_sbatch_string(command=executor._submitit_command_str, folder=executor.folder,
+                               **executor.parameters, **extra)
 
 
 class DryRunSlurmLauncher(stock.SlurmLauncher):
