@@ -106,6 +106,32 @@ def test_identities_of_method_md(length_mode):
         assert torch.allclose(dpo, direct, atol=1e-12)
 
 
+@pytest.mark.parametrize("granularity", ["token", "static:4", "adaptive:4", "adaptive:1"])
+def test_at_the_reference_every_granularity_has_dpos_gradient(granularity):
+    # Policy == reference: every segment margin is 0 and every log-sigmoid has slope 1/2, so d loss / d d_t is
+    # -beta/2 on each chosen token and +beta/2 on each rejected one, as for DPO. ADPO and DPO part only as the
+    # margins grow: why the toy study also runs beta = 1 (conf/experiment/toy_study_beta.yaml).
+    g = torch.Generator().manual_seed(3)
+    _, _, mask_w, mask_l, _, _ = random_batch(g, batch=8, width_w=17, width_l=11)
+
+    def grads(gran, d_w, d_l):
+        d_w, d_l = d_w.clone().requires_grad_(), d_l.clone().requires_grad_()
+        loss, _ = preference_loss(d_w, d_l, mask_w, mask_l, beta=0.3, granularity=gran)
+        loss.sum().backward()
+        return d_w.grad, d_l.grad
+
+    zero_w, zero_l = torch.zeros(mask_w.shape, dtype=torch.float64), torch.zeros(mask_l.shape, dtype=torch.float64)
+    g_w, g_l = grads(granularity, zero_w, zero_l)
+    assert torch.allclose(g_w, -0.15 * mask_w.double(), atol=1e-12)
+    assert torch.allclose(g_l, 0.15 * mask_l.double(), atol=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip((g_w, g_l), grads("sequence", zero_w, zero_l)))
+    # Away from the reference the segment losses weigh tokens differently (DPO itself is adaptive:1).
+    d_w = torch.randn(mask_w.shape, generator=g, dtype=torch.float64) * 5
+    d_l = torch.randn(mask_l.shape, generator=g, dtype=torch.float64) * 5
+    moved = grads(granularity, d_w, d_l)[0]
+    assert torch.allclose(moved, grads("sequence", d_w, d_l)[0]) == (granularity == "adaptive:1")
+
+
 def test_hand_computed_token_level():
     # winner d = [1, 2, 3], loser d = [0.5, 4]: T' = 3, the loser contributes 0 at position 3.
     d_w = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)

@@ -72,6 +72,23 @@ def test_toy_study_samples_once_per_seed_and_sweeps_learning_rates(tmp_path):
     assert first.input_dir == f"{tmp_path}/pairs/s{seeds[0]}"
 
 
+def test_toy_study_beta_reuses_the_toy_studys_data_and_adds_runs_of_its_own(tmp_path):
+    study_overrides = ["experiment=toy_study", f"paths.root={tmp_path}"]
+    beta_overrides = ["experiment=toy_study_beta", f"paths.root={tmp_path}"]
+    study = plan(pipeline_cfg(*study_overrides), study_overrides)
+    follow_up = plan(pipeline_cfg(*beta_overrides), beta_overrides)
+
+    def dirs(steps, stages):
+        return {s.config.output_dir for s in steps if s.stage in stages}
+
+    assert dirs(follow_up, ("prepare", "sft", "sample", "pairs")) == dirs(study, ("prepare", "sft", "sample", "pairs"))
+    trains = [s for s in follow_up if s.stage == "train"]
+    assert {s.config.method.beta for s in trains} == {1.0} and {s.config.train.lr for s in trains} == {1e-5}
+    assert not dirs(follow_up, ("train",)) & dirs(study, ("train",))
+    assert trains[0].config.output_dir == f"{tmp_path}/train/dpo-sequence-beta1.0-lr1e-05-s0"
+    assert follow_up[-1].config.output_dir == study[-1].config.output_dir  # one aggregate over both
+
+
 def test_runs_that_share_a_directory_are_refused(tmp_path):
     overrides = ["experiment=quickstart", f"paths.root={tmp_path}"]
     cfg = pipeline_cfg(*overrides, "pipeline.runs=[{method:dpo},{method:dpo,train.lr:1e-5}]")
