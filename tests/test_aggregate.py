@@ -100,6 +100,9 @@ def test_tables_in_the_paper_layout_with_paper_numbers(study):
     assert row["A - B"] == pytest.approx(10.0)
     assert row["ci_low"] > 0 and row["p_value"] < 0.01
     assert row["seeds A"] == 3 and row["problems"] == N
+    assert row["seeds matched"]  # same seeds 0-2 on both sides; the base model (one run) is not matched
+    assert not comp[comp["B"] == "Base"]["seeds matched"].any()
+    assert "3/3 matched" in (results / "comparisons.md").read_text()
     png = (results / "granularity.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -126,18 +126,26 @@ def _as_matrix(x: Sequence | np.ndarray) -> np.ndarray:
     return m[None, :] if m.ndim == 1 else m
 
 
+def _seed_rows(rng: np.random.Generator, k: int, seeds: int) -> np.ndarray:
+    return rng.integers(0, seeds, size=(k, seeds)) if seeds > 1 else np.zeros((k, 1), int)
+
+
 def paired_bootstrap(a: Sequence | np.ndarray, b: Sequence | np.ndarray, *, confidence: float = 0.95,
-                     n_resamples: int = 10_000, seed: int = 0) -> PairedComparison:
+                     n_resamples: int = 10_000, seed: int = 0, matched_seeds: bool = False) -> PairedComparison:
     """Compare two methods graded on the same problems.
 
     `a`, `b`: correctness per problem, shape (problems,) or (seeds, problems) with columns in the same problem
-    order. Each resample draws problems with replacement (shared by both methods) and, per method, seeds with
-    replacement. The p-value is the share of resampled differences, centred on the observed one, at least as far
-    from zero as the observed difference (the shifted-null bootstrap test).
+    order. Each resample draws problems with replacement (shared by both methods) and seeds with replacement: per
+    method, or, with `matched_seeds` (row i of `a` and of `b` ran with the same seed, so the same sampled pairs and
+    data order), one draw of seed rows shared by both, which removes the between-seed variance the two methods have
+    in common. The p-value is the share of resampled differences, centred on the observed one, at least as far from
+    zero as the observed difference (the shifted-null bootstrap test).
     """
     a, b = _as_matrix(a), _as_matrix(b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must cover the same problems: {a.shape[1]} != {b.shape[1]}")
+    if matched_seeds and a.shape[0] != b.shape[0]:
+        raise ValueError(f"matched_seeds needs as many seeds in a as in b: {a.shape[0]} != {b.shape[0]}")
     n = a.shape[1]
     if n == 0:
         raise ValueError("paired_bootstrap of no problems")
@@ -148,9 +156,10 @@ def paired_bootstrap(a: Sequence | np.ndarray, b: Sequence | np.ndarray, *, conf
     for start in range(0, n_resamples, chunk):
         k = min(chunk, n_resamples - start)
         problems = rng.integers(0, n, size=(k, n))
+        shared_rows = _seed_rows(rng, k, a.shape[0]) if matched_seeds else None
         means = []
         for m in (a, b):
-            rows = rng.integers(0, m.shape[0], size=(k, m.shape[0])) if m.shape[0] > 1 else np.zeros((k, 1), int)
+            rows = shared_rows if shared_rows is not None else _seed_rows(rng, k, m.shape[0])
             # (k, seeds, n) picks of resampled seeds x resampled problems, averaged.
             means.append(m[rows[:, :, None], problems[:, None, :]].mean(axis=(1, 2)))
         diffs[start:start + k] = means[0] - means[1]

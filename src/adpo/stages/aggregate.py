@@ -3,7 +3,7 @@
 Each eval directory (metrics.json, predictions.jsonl, manifest.json) is one run; what it was (method, granularity,
 model, dataset, seed) is read from the resolved config in its manifest. Runs that differ only in their seed are
 averaged: mean with a Student-t 95% interval over seeds. Methods are compared on the same test problems with a paired
-bootstrap (problems and seeds resampled). The paper's numbers sit beside ours where model and dataset match.
+bootstrap (problems resampled, and seeds: together where both methods ran the same seeds). The paper's numbers sit beside ours where model and dataset match.
 
 Outputs in output_dir: main.{md,csv,tex} (method x model, one column pair per dataset), granularity.{md,csv,tex}
 (the ablation, when a run has a granularity other than the main table's), comparisons.{md,csv,tex}, runs.csv (one row
@@ -331,14 +331,19 @@ def comparisons(runs: Sequence[EvalRun], confidence: float, n_resamples: int, se
             if not ids:
                 continue
             ids_sorted = sorted(ids)
-            mat_a = np.array([[r.correct[i] for i in ids_sorted] for r in variants[a]])
-            mat_b = np.array([[r.correct[i] for i in ids_sorted] for r in variants[b]])
-            res = paired_bootstrap(mat_a, mat_b, confidence=confidence, n_resamples=n_resamples, seed=seed)
+            runs_a, runs_b = (sorted(variants[v], key=lambda r: (r.seed is None, r.seed)) for v in (a, b))
+            mat_a = np.array([[r.correct[i] for i in ids_sorted] for r in runs_a])
+            mat_b = np.array([[r.correct[i] for i in ids_sorted] for r in runs_b])
+            # Seed k of two methods shares its sampled pairs and data order: resample such seeds together.
+            seeds_a, seeds_b = [r.seed for r in runs_a], [r.seed for r in runs_b]
+            matched = len(seeds_a) > 1 and None not in seeds_a and seeds_a == seeds_b
+            res = paired_bootstrap(mat_a, mat_b, confidence=confidence, n_resamples=n_resamples, seed=seed,
+                                   matched_seeds=matched)
             rows.append({"model": model, "dataset": dataset, **dict(group), "A": variant_label(*a),
                          "B": variant_label(*b), "A accuracy": 100 * mat_a.mean(), "B accuracy": 100 * mat_b.mean(),
                          "A - B": 100 * res.difference, "ci_low": 100 * res.low, "ci_high": 100 * res.high,
                          "p_value": res.p_value, "problems": res.problems, "seeds A": res.seeds_a,
-                         "seeds B": res.seeds_b})
+                         "seeds B": res.seeds_b, "seeds matched": matched})
     return pd.DataFrame(rows)
 
 
@@ -352,8 +357,9 @@ def comparisons_display(frame: pd.DataFrame, confidence: float) -> pd.DataFrame:
     out["p"] = [f"{p:.3f}" for p in frame["p_value"]]
     for col in ("A accuracy", "B accuracy"):
         out[col] = [f"{v:.1f}" for v in frame[col]]
-    out["seeds"] = [f"{a}/{b}" for a, b in zip(frame["seeds A"], frame["seeds B"])]
-    out = out.drop(columns=["ci_low", "ci_high", "p_value", "seeds A", "seeds B"])
+    out["seeds"] = [f"{a}/{b}" + (" matched" if m else "")
+                    for a, b, m in zip(frame["seeds A"], frame["seeds B"], frame["seeds matched"])]
+    out = out.drop(columns=["ci_low", "ci_high", "p_value", "seeds A", "seeds B", "seeds matched"])
     tail = ["A accuracy", "B accuracy", "A - B", pct, "p", "problems", "seeds"]
     return out[[c for c in out.columns if c not in tail] + tail]
 
@@ -519,7 +525,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             shown = comparisons_display(comp, confidence)
             write_table(out, "comparisons", shown, comp, "Paired bootstrap on the same test problems")
             sections += ["", f"## Paired comparisons (A - B in points, {pct}% paired-bootstrap CI over problems "
-                             "and seeds, two-sided p)", "", to_markdown(shown)]
+                             "and seeds, two-sided p; \"matched\": both methods ran the same seeds, on the same sampled pairs, and "
+                             "seeds were resampled together)", "", to_markdown(shown)]
             outputs["comparisons"] = "comparisons.md"
         if agg.plot and plot_granularity(summary, group_by, out / "granularity.png"):
             sections += ["", "Accuracy against granularity: granularity.png"]
