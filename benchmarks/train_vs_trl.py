@@ -10,6 +10,8 @@ Sides (each run in its own fresh subprocess; the parent interleaves them, rotati
   trl-live        TRL DPOTrainer defaults: live reference model, gradient checkpointing on (DPOConfig's default)
   trl-precompute  TRL DPOTrainer with precompute_ref_log_probs=True (time to precompute reported apart)
   trl-*-nogc      the same with gradient_checkpointing=False
+  *-accum         the same 8 pairs per optimizer step as 8 micro-batches of 1 pair (gradient accumulation 8), on
+                  both sides with their other defaults: the usual way to trade speed for activation memory
 Goals are checked like for like (checkpointing on both sides, off on both) and for each side's defaults.
 
 Both sides: the same random 4-layer, 256-wide Llama (word-level vocabulary of 503), the same pairs in the same order
@@ -48,11 +50,14 @@ REPO = HERE.parent
 OUT = HERE / "out"
 # TRL's DPOConfig turns gradient checkpointing on by default; this project's train config leaves it off. Both settings
 # are measured on both sides so that every goal is checked like for like (and project default vs TRL default too).
-SIDES = ("adpo", "adpo-gc", "trl-live", "trl-precompute", "trl-live-nogc", "trl-precompute-nogc", "adpo-live")
-DEFAULT_SIDES = SIDES[:6]
+SIDES = ("adpo", "adpo-gc", "trl-live", "trl-precompute", "trl-live-nogc", "trl-precompute-nogc", "adpo-accum",
+         "trl-live-accum", "adpo-live")
+DEFAULT_SIDES = SIDES[:8]
 DESCRIPTIONS = {
     "adpo": "adpo train_step, DeepSpeed ZeRO-{zero}, cached per-token reference (project default: no checkpointing)",
     "adpo-gc": "adpo train_step, DeepSpeed ZeRO-{zero}, cached reference, train.gradient_checkpointing=true",
+    "adpo-accum": "adpo train_step, DeepSpeed ZeRO-{zero}, cached reference, micro-batch 1 x accumulation 8",
+    "trl-live-accum": "TRL DPOTrainer defaults (live reference, checkpointing), micro-batch 1 x accumulation 8",
     "adpo-live": "adpo train_step, DeepSpeed ZeRO-{zero}, reference forward every step (optional variant)",
     "trl-live": "TRL DPOTrainer defaults: live reference model, gradient checkpointing on",
     "trl-precompute": "TRL DPOTrainer, precompute_ref_log_probs=True, gradient checkpointing on (default)",
@@ -68,10 +73,15 @@ GOALS = [
     ("adpo", "trl-live-nogc", "peak_training_memory", 0.7),
     ("adpo", "trl-live", "throughput", 1.3), ("adpo", "trl-precompute", "throughput", 1.0),
     ("adpo", "trl-live", "peak_training_memory", 0.7),
+    ("adpo-accum", "trl-live", "throughput", 1.3), ("adpo-accum", "trl-live", "peak_training_memory", 0.7),
+    ("adpo-accum", "trl-live-accum", "throughput", 1.3),
+    ("adpo-accum", "trl-live-accum", "peak_training_memory", 0.7),
 ]
 GOAL_LABELS = {("adpo-gc", "trl-live"): "checkpointing on both", ("adpo-gc", "trl-precompute"): "checkpointing on both",
                ("adpo", "trl-live-nogc"): "checkpointing off both", ("adpo", "trl-precompute-nogc"): "checkpointing off both",
-               ("adpo", "trl-live"): "each side's defaults", ("adpo", "trl-precompute"): "each side's defaults"}
+               ("adpo", "trl-live"): "each side's defaults", ("adpo", "trl-precompute"): "each side's defaults",
+               ("adpo-accum", "trl-live"): "accumulation 8 vs TRL's defaults",
+               ("adpo-accum", "trl-live-accum"): "accumulation 8 on both"}
 
 # The configuration of the issue (and /work/shared/notes/trl-baseline.md).
 VOCAB_WORDS = 499  # + <pad>, <s>, </s>, <unk> = 503
@@ -183,20 +193,20 @@ def _read_rows(work: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ this project's side --
 
-def _adpo_cfg(work: Path, args, total_steps: int, *extra: str):
+def _adpo_cfg(work: Path, args, total_steps: int, *extra: str, micro: int = PAIRS_PER_STEP):
     """The train stage's own config, composed as `adpo-train` would compose it from these overrides."""
     from adpo.config import compose
 
     return compose("train", [
         f"paths.root={work / 'runs'}", f"model.name_or_path={work / 'policy'}", f"input_dir={work / 'pairs'}",
         "method=dpo", f"method.beta={BETA}", f"deepspeed=zero{args.zero}", "train=tiny",
-        f"train.micro_batch_size={PAIRS_PER_STEP}", "train.gradient_accumulation_steps=1",
+        f"train.micro_batch_size={micro}", f"train.gradient_accumulation_steps={PAIRS_PER_STEP // micro}",
         f"train.max_steps={total_steps}", f"train.lr={LR}", "train.lora.enabled=false", "progress=false",
         f"train.reference_batch_size={PAIRS_PER_STEP}", "wandb=disabled", *extra,
     ])
 
 
-def run_adpo(args, work: Path, live: bool, checkpointing: bool = False) -> dict:
+def run_adpo(args, work: Path, live: bool, checkpointing: bool = False, micro: int = PAIRS_PER_STEP) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -215,7 +225,8 @@ def run_adpo(args, work: Path, live: bool, checkpointing: bool = False) -> dict:
 
     rss_imports, modules = rss_mib(), set(sys.modules)
     total_steps = args.warmup + args.steps
-    cfg = _adpo_cfg(work, args, total_steps, f"train.gradient_checkpointing={str(checkpointing).lower()}")
+    cfg = _adpo_cfg(work, args, total_steps, f"train.gradient_checkpointing={str(checkpointing).lower()}",
+                    micro=micro)
     tcfg, mcfg = cfg.train, cfg.model
     method = MethodSpec.from_cfg(cfg.method)
     tokenizer = load_tokenizer(str(mcfg.name_or_path))
@@ -261,12 +272,15 @@ def run_adpo(args, work: Path, live: bool, checkpointing: bool = False) -> dict:
     log_every = int(tcfg.log_every)
     for step in range(total_steps):
         started = time.perf_counter()
-        idx = range(step * PAIRS_PER_STEP, (step + 1) * PAIRS_PER_STEP)
-        batch = make_batch([pairs[i] for i in idx], [reference[i] for i in idx], tokenizer.pad_token_id).to(device)
-        if ref_model is not None:
-            with torch.no_grad():
-                batch.reference_logps = batch_token_logps(ref_model, batch)
-        metrics = train_step(engine, [batch], method)
+        batches = []
+        for first in range(step * PAIRS_PER_STEP, (step + 1) * PAIRS_PER_STEP, micro):
+            idx = range(first, first + micro)
+            batch = make_batch([pairs[i] for i in idx], [reference[i] for i in idx], tokenizer.pad_token_id).to(device)
+            if ref_model is not None:
+                with torch.no_grad():
+                    batch.reference_logps = batch_token_logps(ref_model, batch)
+            batches.append(batch)
+        metrics = train_step(engine, batches, method)
         # As the train loop does: metrics kept as tensors, reduced (one sync) every log_every steps.
         window.add(metrics, time.perf_counter() - started)
         if (step + 1) % log_every == 0 or step + 1 == total_steps:
@@ -284,19 +298,20 @@ def run_adpo(args, work: Path, live: bool, checkpointing: bool = False) -> dict:
 
 # ----------------------------------------------------------------------------------------------------- TRL side --
 
-def _trl_args(out_dir: Path, args, total_steps: int, precompute: bool, **extra):
+def _trl_args(out_dir: Path, args, total_steps: int, precompute: bool, micro: int = PAIRS_PER_STEP, **extra):
     from trl import DPOConfig
 
     return DPOConfig(
         output_dir=str(out_dir), use_cpu=True, bf16=False, report_to=[], disable_tqdm=True, save_strategy="no",
-        per_device_train_batch_size=PAIRS_PER_STEP, gradient_accumulation_steps=1, max_steps=total_steps,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=PAIRS_PER_STEP // micro, max_steps=total_steps,
         learning_rate=LR, beta=BETA, loss_type=["sigmoid"], precompute_ref_log_probs=precompute,
         precompute_ref_batch_size=PAIRS_PER_STEP, train_sampling_strategy="sequential", dataloader_num_workers=0,
         max_length=None, model_init_kwargs={"dtype": "float32"}, seed=0, **extra,
     )
 
 
-def run_trl(args, work: Path, precompute: bool, checkpointing: bool | None = None) -> dict:
+def run_trl(args, work: Path, precompute: bool, checkpointing: bool | None = None,
+            micro: int = PAIRS_PER_STEP) -> dict:
     """checkpointing None keeps TRL's default (on)."""
     import torch
 
@@ -340,7 +355,7 @@ def run_trl(args, work: Path, precompute: bool, checkpointing: bool | None = Non
 
     extra = {} if checkpointing is None else {"gradient_checkpointing": checkpointing}
     trainer = DPOTrainer(model=str(work / "policy"), args=_trl_args(work / f"trl-{os.getpid()}", args, total_steps,
-                                                                     precompute, **extra),
+                                                                     precompute, micro, **extra),
                          train_dataset=dataset, processing_class=tokenizer, callbacks=[Probe()])
     losses = []
     compute_loss = trainer.compute_loss
@@ -648,6 +663,8 @@ def main() -> None:
                "trl-precompute": lambda: run_trl(args, args.work, precompute=True),
                "trl-live-nogc": lambda: run_trl(args, args.work, precompute=False, checkpointing=False),
                "trl-precompute-nogc": lambda: run_trl(args, args.work, precompute=True, checkpointing=False),
+               "adpo-accum": lambda: run_adpo(args, args.work, live=False, micro=1),
+               "trl-live-accum": lambda: run_trl(args, args.work, precompute=False, micro=1),
                "check": lambda: run_check(args, args.work)}
     args.result.write_text(json.dumps(runners[args.side]()))
 
