@@ -3,7 +3,8 @@
 Each eval directory (metrics.json, predictions.jsonl, manifest.json) is one run; what it was (method, granularity,
 model, dataset, seed) is read from the resolved config in its manifest. Runs that differ only in their seed are
 averaged: mean with a Student-t 95% interval over seeds. Methods are compared on the same test problems with a paired
-bootstrap (problems resampled, and seeds: together where both methods ran the same seeds). The paper's numbers sit beside ours where model and dataset match.
+bootstrap (problems resampled, and seeds: together where both methods ran the same seeds). The paper's numbers sit
+beside ours where model and dataset match.
 
 Outputs in output_dir: main.{md,csv,tex} (method x model, one column pair per dataset), granularity.{md,csv,tex}
 (the ablation, when a run has a granularity other than the main table's), comparisons.{md,csv,tex}, runs.csv (one row
@@ -525,8 +526,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             shown = comparisons_display(comp, confidence)
             write_table(out, "comparisons", shown, comp, "Paired bootstrap on the same test problems")
             sections += ["", f"## Paired comparisons (A - B in points, {pct}% paired-bootstrap CI over problems "
-                             "and seeds, two-sided p; \"matched\": both methods ran the same seeds, on the same sampled pairs, and "
-                             "seeds were resampled together)", "", to_markdown(shown)]
+                             "and seeds, two-sided p; \"matched\": both methods ran the same seeds, on the same "
+                             "sampled pairs, and seeds were resampled together)", "", to_markdown(shown)]
             outputs["comparisons"] = "comparisons.md"
         if agg.plot and plot_granularity(summary, group_by, out / "granularity.png"):
             sections += ["", "Accuracy against granularity: granularity.png"]
