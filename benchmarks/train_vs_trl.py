@@ -12,7 +12,8 @@ Sides (each run in its own fresh subprocess; the parent interleaves them, rotati
   trl-*-nogc      the same with gradient_checkpointing=False
   *-accum         the same 8 pairs per optimizer step as 8 micro-batches of 1 pair (gradient accumulation 8), on
                   both sides with their other defaults: the usual way to trade speed for activation memory
-Goals are checked like for like (checkpointing on both sides, off on both) and for each side's defaults.
+Goals are checked like for like (checkpointing on both sides, off on both, accumulation on both), for each side's
+defaults, and for accumulation on this side against TRL's defaults.
 
 Both sides: the same random 4-layer, 256-wide Llama (word-level vocabulary of 503), the same pairs in the same order
 (prompts ~48 tokens, responses 100-160), 8 pairs per optimizer step, fp32 on CPU, torch.set_num_threads(2).
