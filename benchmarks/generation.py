@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/generation.py [--reps 3 --threads 1 --sizes quickstart,25m --backends hf,vllm]
 
-Models (random weights, built by this script with adpo.toy's tokenizer and Llama builder, saved in a temp dir):
+Models (random weights, built by this script with adpo_data_prep.toy's tokenizer and Llama builder, saved in a temp dir):
   quickstart  the quickstart's base-model shape (conf/sft.yaml): vocab 512, 128 wide, 4 layers, 4 heads: ~0.7M params
   25m         512 wide, 8 layers, 8 heads (head size 64), MLP 1376: ~25M params
 Workload per size (the same prompts, the same calls for both backends), like the sample stage's: sampling with
@@ -55,8 +55,8 @@ def prompts(count: int) -> list[str]:
 
 def build(size: str, out_dir: Path) -> int:
     """The random model of `size` in out_dir (tokenizer trained on the benchmark's own text); its parameter count."""
-    from adpo.toy.model import build_tiny_llama
-    from adpo.toy.tokenizer import build_tokenizer
+    from adpo_data_prep.toy.model import build_tiny_llama
+    from adpo_data_prep.toy.tokenizer import build_tokenizer
 
     shape = dict(SIZES[size][0])
     text = prompts(64) + ["The answer is 42. #### 42", "3 + 4 = 7 apples. 12 * 5 = 60 pens."] * 8

@@ -98,8 +98,8 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     from adpo.config import compose
-    from adpo.toy.model import build_tiny_llama
-    from adpo.toy.tokenizer import build_tokenizer
+    from adpo_data_prep.toy.model import build_tiny_llama
+    from adpo_data_prep.toy.tokenizer import build_tokenizer
     from adpo.training import engine as eng
     from adpo.training.pairs_data import make_batch
     from adpo.training.reference import compute_reference_logps

@@ -152,7 +152,7 @@ def build_workspace(work: Path, num_pairs: int, seed: int) -> dict:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from adpo.toy.model import build_tiny_llama
+    from adpo_data_prep.toy.model import build_tiny_llama
 
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
     words = [f"w{i}" for i in range(VOCAB_WORDS)]

@@ -22,9 +22,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-stages=(sample pairs)
-if [[ " ${args[*]:-} " =~ " method=c"(dpo|adpo)" " ]]; then stages+=(weights); fi
-stages+=(train eval)
+# The chain's stages for these overrides (the weights stage when the composed method uses weights), from the
+# registry; composing the config here also fails fast on a bad override, before anything is queued.
+PY=${ADPO_PYTHON:-$here/../.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+read -r -a stages <<< "$("$PY" -m adpo.registry chain "${args[@]}")"
+[ "${#stages[@]}" -gt 0 ] || exit 2
 case " ${stages[*]} " in *" $from "*) ;; *) echo "--from: '$from' is not one of: ${stages[*]}" >&2; exit 2 ;; esac
 
 previous=""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -38,13 +40,27 @@ def shared_data_path(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random 2-layer, 64-wide Llama (head size 32, which vLLM-CPU supports) with a byte-level BPE tokenizer."""
-    from adpo.toy.model import build_tiny_llama
-    from adpo.toy.tokenizer import build_tokenizer
+    from adpo_data_prep.toy.model import build_tiny_llama
+    from adpo_data_prep.toy.tokenizer import build_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_model")
     tokenizer = build_tokenizer(SAMPLE_TEXT, out, vocab_size=384)
     build_tiny_llama(tokenizer, out, hidden_size=64, num_layers=2, num_heads=2, seed=0)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    """Every test starts from random states fixed by its own id (crc32, not Python's per-process salted hash()): a
+    failure reproduces when the test runs alone, in another order, or on another machine."""
+    import numpy as np
+    import torch
+
+    seed = zlib.crc32(request.node.nodeid.encode())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    yield
 
 
 @pytest.fixture(autouse=True)

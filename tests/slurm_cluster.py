@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import subprocess
 import tempfile
 import time
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from adpo.slurm.local_cluster import LocalCluster, ensure_installed
+# The cluster tooling lives with the sbatch templates (slurm/), outside the installed packages.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slurm"))
+from local_cluster import LocalCluster, ensure_installed  # noqa: E402
 
 
 def start_local_cluster() -> Iterator[LocalCluster]:

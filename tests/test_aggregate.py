@@ -16,7 +16,7 @@ import pytest
 from adpo.config import compose
 from adpo.io import atomic_write_json, atomic_write_jsonl
 from adpo.manifest import write_manifest
-from adpo.stages import aggregate
+from adpo_eval import aggregate
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "docs" / "paper_tables.csv"
 N = 200
@@ -154,7 +154,7 @@ def test_rerun_skips_until_a_new_run_finishes(study, capsys):
 
 
 def test_command_line_entry_point(study):
-    proc = subprocess.run([sys.executable, "-m", "adpo.stages.aggregate", f"paths.root={study}", "progress=false",
+    proc = subprocess.run([sys.executable, "-m", "adpo_eval.aggregate", f"paths.root={study}", "progress=false",
                            "wandb=disabled", "aggregate.bootstrap_resamples=500"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -42,7 +42,7 @@ def test_first_step_dpo_loss_matches_trl(tiny_model_dir, tmp_path, two_threads):
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from adpo.toy.model import build_tiny_llama
+    from adpo_data_prep.toy.model import build_tiny_llama
     from adpo.training.loop import load_tokenizer
     from adpo.training.pairs_data import make_batch, read_pairs, tokenize_pairs
     from adpo.training.reference import compute_reference_logps

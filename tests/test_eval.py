@@ -17,7 +17,7 @@ from adpo.config import compose
 from adpo.data.records import Problem, write_problems
 from adpo.grading import extract_answer, is_correct
 from adpo.io import DataError
-from adpo.stages import evaluate
+from adpo_eval import evaluate
 from test_generation import build_model
 
 PYTHON = sys.executable
@@ -34,7 +34,7 @@ def problems() -> list[Problem]:
 
 def run_cli(root: Path, model: Path, data: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    cmd = [PYTHON, "-m", "adpo.stages.evaluate", f"paths.root={root}", f"model_dir={model}", f"data_dir={data}",
+    cmd = [PYTHON, "-m", "adpo_eval.evaluate", f"paths.root={root}", f"model_dir={model}", f"data_dir={data}",
            *COMMON, *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -144,7 +144,7 @@ def test_killed_eval_resumes_where_it_stopped(model, data, hf_root, tmp_path):
     """SIGKILL once the first shard is written; the rerun keeps the written shards and finishes the rest, with the
     same predictions as the uninterrupted run (greedy output does not depend on shard size)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [PYTHON, "-m", "adpo.stages.evaluate", f"paths.root={tmp_path}", f"model_dir={model}", f"data_dir={data}",
+    cmd = [PYTHON, "-m", "adpo_eval.evaluate", f"paths.root={tmp_path}", f"model_dir={model}", f"data_dir={data}",
            "generation=hf", "eval.shard_size=1", "wandb=disabled", *COMMON]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = tmp_path / "eval"

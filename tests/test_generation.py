@@ -36,7 +36,7 @@ def build_model(out_dir: Path, *, hidden_size: int = 64, num_heads: int = 2, num
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from adpo.toy.tokenizer import build_tokenizer
+    from adpo_data_prep.toy.tokenizer import build_tokenizer
     from conftest import SAMPLE_TEXT
 
     tokenizer = build_tokenizer(SAMPLE_TEXT, out_dir, vocab_size=384)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adpo.io import DataError, atomic_write_jsonl
-from adpo.pairing import Sample, answer_key, build_pairs, most_frequent_wrong_group, pair_question
+from adpo_data_prep.pairing import Sample, answer_key, build_pairs, most_frequent_wrong_group, pair_question
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def write_samples(samples_dir: Path) -> list[Sample]:
 
 
 def run_pairs_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "adpo.stages.pairs", f"paths.root={tmp_path}", "progress=false", "wandb=disabled",
+    cmd = [sys.executable, "-m", "adpo_data_prep.pairs", f"paths.root={tmp_path}", "progress=false", "wandb=disabled",
            *overrides]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
@@ -197,7 +197,7 @@ def test_pairs_stage_cli_writes_training_prompts_stats_and_is_reproducible(tmp_p
 
 def test_pairs_stage_names_file_line_and_field_of_a_bad_row(tmp_path):
     from adpo.config import compose
-    from adpo.stages.pairs import run
+    from adpo_data_prep.pairs import run
 
     samples_dir = tmp_path / "samples"
     write_samples(samples_dir)
@@ -211,7 +211,7 @@ def test_pairs_stage_names_file_line_and_field_of_a_bad_row(tmp_path):
 def test_pairs_stage_refuses_unfinished_sampling(tmp_path):
     from adpo.config import compose
     from adpo.manifest import write_manifest
-    from adpo.stages.pairs import run
+    from adpo_data_prep.pairs import run
 
     samples_dir = tmp_path / "samples"
     write_samples(samples_dir)
@@ -222,7 +222,7 @@ def test_pairs_stage_refuses_unfinished_sampling(tmp_path):
 
 def test_pairs_stage_renders_chat_training_prompts(tmp_path, tiny_model_dir):
     from adpo.config import compose
-    from adpo.stages.pairs import run
+    from adpo_data_prep.pairs import run
 
     write_samples(tmp_path / "samples")
     run(compose("pairs", [f"paths.root={tmp_path}", f"model.name_or_path={tiny_model_dir}", "model.prompt_format=chat",

@@ -108,8 +108,8 @@ def test_dry_run_prints_the_commands(tmp_path):
                            "pipeline.dry_run=true", "pipeline.nproc_per_node=2"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "-m torch.distributed.run --standalone --nproc_per_node 2 -m adpo.stages.train" in proc.stdout
-    assert "-m adpo.stages.evaluate experiment=quickstart" in proc.stdout
+    assert "-m torch.distributed.run --standalone --nproc_per_node 2 -m adpo.train" in proc.stdout
+    assert "-m adpo_eval.evaluate experiment=quickstart" in proc.stdout
     assert not (tmp_path / "data").exists()
 
 
@@ -118,16 +118,6 @@ def test_dry_run_prints_the_commands(tmp_path):
 # What a chain produces, compared byte for byte; manifests, logs, timings and wandb ids legitimately differ.
 FINAL_OUTPUTS = ["data/*.jsonl", "base_model/model/*", "samples/shard-*.jsonl", "pairs/pairs.jsonl",
                  "train/*/model/*", "eval/*/predictions.jsonl", "results/*.csv", "results/*.md"]
-
-
-def _toy_data_hook_missing() -> str | None:
-    from adpo.data.loaders import load_problems
-
-    try:
-        load_problems({"dataset": "gsm8k", "name": "toy", "source": "toy", "splits": {"test": 2}, "seed": 0}, "test")
-    except Exception as e:  # noqa: BLE001
-        return f"adpo.data.loaders.load_problems cannot read `source: toy` data configs ({e})"
-    return None
 
 
 def chain_command(root: Path) -> list[str]:
@@ -177,9 +167,6 @@ def _log_says(root: Path, pattern: str, text: str) -> bool:
 
 @pytest.mark.slow
 def test_killed_chain_resumes_to_the_same_outputs(tmp_path):
-    missing = _toy_data_hook_missing()
-    if missing:
-        pytest.fail(f"the prepare stage's toy hook is missing: {missing}")
     root = tmp_path / "chain"
 
     # An uninterrupted run, moved aside so that the interrupted one writes to the same paths.

@@ -13,14 +13,14 @@ import pytest
 from adpo.config import compose
 from adpo.data.records import read_problems
 from adpo.manifest import read_manifest
-from adpo.stages.prepare import run
+from adpo_data_prep.prepare import run
 from tests.conftest import REPO_ROOT, shared_data_path
 
 
 def prepare_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "adpo.stages.prepare", f"paths.root={tmp_path}", "progress=false", "wandb=disabled",
+        [sys.executable, "-m", "adpo_data_prep.prepare", f"paths.root={tmp_path}", "progress=false", "wandb=disabled",
          *overrides],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )

@@ -85,7 +85,7 @@ CHAT_TEMPLATE = (
 
 @pytest.fixture()
 def chat_tokenizer(tmp_path):
-    from adpo.toy.tokenizer import build_tokenizer
+    from adpo_data_prep.toy.tokenizer import build_tokenizer
 
     from tests.conftest import SAMPLE_TEXT
 

@@ -37,8 +37,8 @@ def arith_model(tmp_path_factory) -> Path:
     import torch
 
     from adpo.data.tokenize import encode_pair
-    from adpo.toy.model import build_tiny_llama
-    from adpo.toy.tokenizer import build_tokenizer
+    from adpo_data_prep.toy.model import build_tiny_llama
+    from adpo_data_prep.toy.tokenizer import build_tokenizer
 
     out = tmp_path_factory.mktemp("arith_model")
     texts = [f"Question: {question(a, b)}\nAnswer: {solution(a, b)}" for a, b in SUMS]
@@ -87,7 +87,7 @@ def shard_rows(samples_dir: Path) -> list[dict]:
 
 def sample_and_pair(root: Path, model: Path, *extra: str) -> None:
     from adpo.config import compose
-    from adpo.stages import pairs, sample
+    from adpo_data_prep import pairs, sample
 
     sample.run(compose("sample", overrides(root, model, *extra)))
     pairs.run(compose("pairs", overrides(root, model, *extra)))
@@ -122,7 +122,7 @@ def test_samples_are_graded_and_complete(sampled):
 
 
 def test_pairs_chosen_correct_rejected_from_most_frequent_wrong_group(sampled, arith_model):
-    from adpo.pairing import answer_key
+    from adpo_data_prep.pairing import answer_key
 
     rows = shard_rows(sampled / "samples")
     pairs = read_jsonl(sampled / "pairs" / "pairs.jsonl")
@@ -161,14 +161,14 @@ def test_same_seed_gives_byte_identical_samples_and_pairs(sampled, arith_model, 
 
 def test_killed_sampling_loses_no_finished_shard(arith_model, tmp_path):
     from adpo.config import compose
-    from adpo.stages import pairs, sample
+    from adpo_data_prep import pairs, sample
 
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     for root in (killed, reference):
         write_problems(root, 24)
     args = overrides(killed, arith_model, "sampling.shard_size=1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "adpo.stages.sample", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "adpo_data_prep.sample", *args], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples_dir = killed / "samples"
     deadline = time.monotonic() + 300

@@ -17,8 +17,8 @@ import torch
 from adpo.config import compose
 from adpo.data.records import write_problems
 from adpo.manifest import read_manifest
-from adpo.stages import sft
-from adpo.toy.task import make_problems
+from adpo_data_prep import sft
+from adpo_data_prep.toy.task import make_problems
 
 REPO = Path(__file__).resolve().parents[1]
 # A small model and single-operation problems: enough to learn something in seconds on one core.
@@ -105,7 +105,7 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path):
     for name in ("straight", "killed"):
         root = tmp_path / name
         write_data(root, train=200, test=10)
-        cmd = [sys.executable, "-m", "adpo.stages.sft", f"paths.root={root}", "progress=false", "wandb=disabled",
+        cmd = [sys.executable, "-m", "adpo_data_prep.sft", f"paths.root={root}", "progress=false", "wandb=disabled",
                *tiny]
         if name == "killed":
             proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

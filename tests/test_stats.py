@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from adpo.stats import bootstrap_ci, mean_ci, paired_bootstrap, t_cdf, t_quantile
+from adpo_eval.stats import bootstrap_ci, mean_ci, paired_bootstrap, t_cdf, t_quantile
 
 
 @pytest.mark.parametrize(("df", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423),

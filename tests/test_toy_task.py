@@ -7,7 +7,7 @@ import re
 import pytest
 
 from adpo.data.records import read_problems, write_problems
-from adpo.toy.task import load_toy_problems, make_problems, split_of
+from adpo_data_prep.toy.task import load_toy_problems, make_problems, split_of
 
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 

@@ -103,7 +103,7 @@ def test_wandb_offline_files_hold_the_logged_metrics(baseline, work):
 
 def test_rerun_of_a_finished_run_is_skipped(baseline, work, tiny_model_dir):
     from adpo.config import compose
-    from adpo.stages.train import run
+    from adpo.train import run
 
     out, _ = baseline
     before = (out / "manifest.json").read_text()
@@ -146,7 +146,7 @@ def test_resume_after_kill_gives_the_same_weights(baseline, work, tiny_model_dir
     wandb_dir = root / "wandb_killed"
     overrides = train_overrides(root, tiny_model_dir, pairs_dir, out, *COMMON, "train.gradient_accumulation_steps=2",
                                 "wandb=offline", f"wandb.dir={wandb_dir}")
-    proc = subprocess.Popen([PYTHON, "-m", "adpo.stages.train", *overrides], cwd=REPO_ROOT, env=stage_env(),
+    proc = subprocess.Popen([PYTHON, "-m", "adpo.train", *overrides], cwd=REPO_ROOT, env=stage_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     try:
@@ -185,7 +185,7 @@ def test_usr1_checkpoints_the_current_step_then_resume_matches(baseline, work, t
     root, pairs_dir = work
     out = root / "preempted"
     overrides = train_overrides(root, tiny_model_dir, pairs_dir, out, *COMMON, "train.gradient_accumulation_steps=2")
-    proc = subprocess.Popen([PYTHON, "-m", "adpo.stages.train", *overrides], cwd=REPO_ROOT, env=stage_env(),
+    proc = subprocess.Popen([PYTHON, "-m", "adpo.train", *overrides], cwd=REPO_ROOT, env=stage_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     try:
@@ -239,7 +239,7 @@ def test_lora_under_zero3_exports_merged_full_weights(work, tiny_model_dir):
 def test_malformed_pairs_file_stops_the_stage_naming_file_line_field(work, tiny_model_dir, tmp_path):
     from adpo.config import compose
     from adpo.io import DataError
-    from adpo.stages.train import run
+    from adpo.train import run
 
     root, pairs_dir = work
     lines = (pairs_dir / "pairs.jsonl").read_text().splitlines()

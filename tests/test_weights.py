@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adpo.criticality import contrastive_token_probs
+from adpo.registry import stage as registered
+from adpo_data_prep.criticality import contrastive_token_probs
 from adpo.io import atomic_write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def stage_overrides(tmp_path: Path, model_dir: Path, *overrides: str) -> list[st
 
 def run_stage(stage: str, tmp_path: Path, model_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", f"adpo.stages.{stage}",
+    proc = subprocess.run([sys.executable, "-m", registered(stage).module,
                            *stage_overrides(tmp_path, model_dir, *overrides)], cwd=REPO, capture_output=True,
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -89,7 +90,7 @@ def weighted_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("weights")
     atomic_write_jsonl(root / "samples" / "shard-00000.jsonl", toy_samples())
     from adpo.config import compose
-    from adpo.stages import pairs
+    from adpo_data_prep import pairs
 
     pairs.run(compose("pairs", stage_overrides(root, tiny_model_dir, "pairing.pairs_per_question=2")))
     # max_length 40 cuts the longer responses: weights must follow the truncated tokens. A few optimizer steps at
@@ -156,13 +157,13 @@ def test_adapters_are_saved_and_trained(weighted_run, tiny_model_dir):
 
 def test_weights_stage_skips_finished_work_and_reuses_trained_adapters(weighted_run, tiny_model_dir, caplog):
     from adpo.config import compose
-    from adpo.stages import weights
+    from adpo_data_prep import weights
 
     root, _, overrides = weighted_run
     out = root / "pairs_weighted"
     first = (out / "pairs.jsonl").read_bytes()
     cfg = compose("weights", stage_overrides(root, tiny_model_dir, *overrides))
-    caplog.set_level("INFO", logger="adpo.stages.weights")
+    caplog.set_level("INFO", logger="adpo_data_prep.weights")
     weights.run(cfg)
     assert "nothing to do" in caplog.text
     # Without the manifest the stage reruns, reuses both adapters (same inputs) and writes the same weights.
@@ -182,7 +183,7 @@ def test_weights_stage_skips_finished_work_and_reuses_trained_adapters(weighted_
 
 def test_weights_stage_defaults_to_rejected_only(tmp_path, tiny_model_dir):
     from adpo.config import compose
-    from adpo.stages import pairs, weights
+    from adpo_data_prep import pairs, weights
 
     atomic_write_jsonl(tmp_path / "samples" / "shard-00000.jsonl", toy_samples()[:16])
     base = [f"paths.root={tmp_path}", f"model.name_or_path={tiny_model_dir}", "progress=false", "wandb=disabled"]

@@ -71,10 +71,10 @@ def run_train(overrides: list[str], *, nproc: int = 1, env: dict | None = None, 
               check: bool = True) -> subprocess.CompletedProcess:
     """The train stage through its real command line: bare `python -m` for one process, torch.distributed.run else."""
     if nproc == 1:
-        cmd = [PYTHON, "-m", "adpo.stages.train", *overrides]
+        cmd = [PYTHON, "-m", "adpo.train", *overrides]
     else:
         cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "adpo.stages.train", *overrides]
+               "-m", "adpo.train", *overrides]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env or stage_env(), capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:

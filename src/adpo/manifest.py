@@ -13,28 +13,43 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from adpo.io import atomic_write_json, file_sha256
 
 MANIFEST = "manifest.json"
-# Keys that say where or how to run, not what to compute: they do not change a stage's result.
-VOLATILE_KEYS = ("hydra", "wandb", "launcher", "progress", "pipeline")
-
-
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    data = {k: v for k, v in data.items() if k not in VOLATILE_KEYS}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def relevant(cfg: DictConfig, stage: str, *keys: str) -> dict[str, Any]:
-    """The part of `cfg` a stage's output depends on (dotted keys), to hash instead of the whole config: a stage
-    upstream of training must stay finished work when only the method, the training seed or a path changes."""
-    def plain(value: Any) -> Any:
-        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+def identity(cfg: DictConfig, stage: str, also_not_hashed: Sequence[str] = ()) -> dict[str, Any]:
+    """What a stage's manifest hashes: its whole resolved config minus the keys the registry names as not changing
+    its output (adpo.registry: NEVER_HASHED and the stage's not_hashed), minus `also_not_hashed`. A key nobody
+    listed, a new option say, is hashed: changing it reruns the stage.
 
-    return {"stage": stage, **{key: plain(OmegaConf.select(cfg, key)) for key in keys}}
+    Each kept top-level node is resolved on its own, so that a dropped key that cannot be resolved here (a path made
+    of ${hydra:...}, say) is never touched."""
+    from adpo.registry import NEVER_HASHED
+    from adpo.registry import stage as registered
+
+    dropped = (*NEVER_HASHED, *registered(stage).not_hashed, *also_not_hashed)
+    top = {key for key in dropped if "." not in key}
+    data: dict[str, Any] = {}
+    for key in cfg:
+        if key in top:
+            continue
+        value = cfg[key]
+        data[str(key)] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) \
+            else value
+    for key in dropped:
+        *parents, leaf = key.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if parents and isinstance(node, dict):
+            node.pop(leaf, None)
+    return {"stage": stage, "config": data}
 
 
 def fingerprint(path: str | Path) -> str:
@@ -56,7 +71,7 @@ def write_manifest(
     status: str = "complete",
     key: Mapping[str, Any] | None = None,
 ) -> Path:
-    """`key` (see relevant()) is what is hashed when given; the whole resolved config is recorded either way."""
+    """`key` (see identity()) is what is hashed when given; the whole resolved config is recorded either way."""
     output_dir = Path(output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     record = {

@@ -1,6 +1,6 @@
 """`adpo-pipeline`: the whole chain, prepare -> [sft] -> sample -> pairs -> [weights] -> train -> eval -> aggregate.
 
-Every stage runs as its own subprocess (`python -m adpo.stages.<stage> <overrides>`; training under
+Every stage runs as its own subprocess (`python -m <its module> <overrides>`, modules from adpo.registry; training under
 `torch.distributed.run` when pipeline.nproc_per_node > 1), so that vLLM engines, DeepSpeed process groups and their
 memory never outlive a stage. Each stage gets the pipeline's own command-line overrides (experiment=..., paths.root=,
 seed=...) plus, for the per-run stages, the run's overrides from pipeline.runs.
@@ -14,7 +14,6 @@ checkpoints) and ends with the same outputs.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import itertools
 import logging
 import os
@@ -30,22 +29,12 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from adpo.config import compose, stage_main
-from adpo.manifest import is_complete, read_manifest
+from adpo.manifest import identity, is_complete, read_manifest
+from adpo.registry import stage as registered
+from adpo.registry import stage_names
 
 log = logging.getLogger(__name__)
 
-# stage -> (python module, primary config name)
-STAGES: dict[str, tuple[str, str]] = {
-    "prepare": ("adpo.stages.prepare", "prepare"),
-    "sft": ("adpo.stages.sft", "sft"),
-    "sample": ("adpo.stages.sample", "sample"),
-    "pairs": ("adpo.stages.pairs", "pairs"),
-    "weights": ("adpo.stages.weights", "weights"),
-    "train": ("adpo.stages.train", "train"),
-    "eval": ("adpo.stages.evaluate", "eval"),
-    "aggregate": ("adpo.stages.aggregate", "aggregate"),
-}
-DATA_STAGES = ("sample", "pairs", "weights")
 BASE_RUN = "base"
 
 
@@ -114,16 +103,16 @@ def stage_overrides(cli_overrides: Sequence[str]) -> list[str]:
 
 
 def _compose(stage: str, overrides: Sequence[str]) -> DictConfig:
-    return compose(STAGES[stage][1], overrides)
+    return compose(registered(stage).config, overrides)
 
 
 def plan(cfg: DictConfig, cli_overrides: Sequence[str]) -> list[Step]:
     """The chain's steps, in order, each with its overrides and its composed config."""
     p = cfg.pipeline
     wanted = list(p.stages)
-    unknown = [s for s in wanted if s not in STAGES]
+    unknown = [s for s in wanted if s not in stage_names()]
     if unknown:
-        raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; known: {list(STAGES)}")
+        raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; known: {stage_names()}")
     base = stage_overrides(cli_overrides)
     runs = expand_runs(p.runs, p.get("sweep"))
     run_cfgs = [_compose("train", base + r) for r in runs]
@@ -171,20 +160,12 @@ def plan(cfg: DictConfig, cli_overrides: Sequence[str]) -> list[Step]:
 
 def command(step: Step, cfg: DictConfig) -> list[str]:
     python = cfg.pipeline.python or sys.executable
-    module = STAGES[step.stage][0]
+    module = registered(step.stage).module
     nproc = int(cfg.pipeline.nproc_per_node)
     if step.stage == "train" and nproc > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                 "-m", module, *step.overrides]
     return [python, "-m", module, *step.overrides]
-
-
-def manifest_key(stage: str, cfg: DictConfig) -> Any:
-    """What the stage hashes into its manifest: its module's relevant_config(cfg) when it has one (the part of the
-    config its output depends on), else the whole config."""
-    module = importlib.import_module(STAGES[stage][0])
-    relevant = getattr(module, "relevant_config", None)
-    return relevant(cfg) if callable(relevant) else cfg
 
 
 def is_finished(step: Step) -> bool:
@@ -195,7 +176,7 @@ def is_finished(step: Step) -> bool:
     try:
         out = Path(cfg.output_dir)
         record = read_manifest(out)
-        return record is not None and is_complete(out, manifest_key(step.stage, cfg),
+        return record is not None and is_complete(out, identity(cfg, step.stage),
                                                   list(record.get("inputs") or {}))
     except Exception as e:  # an unresolvable interpolation, say: let the stage decide
         log.debug("pipeline: cannot check %s (%s); running it", step.name, e)

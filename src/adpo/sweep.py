@@ -15,18 +15,10 @@ from __future__ import annotations
 import importlib
 import sys
 
-# Stage name on the command line -> module with the Hydra entry point `main`.
-STAGES = {
-    "prepare": "adpo.stages.prepare",
-    "sft": "adpo.stages.sft",
-    "sample": "adpo.stages.sample",
-    "pairs": "adpo.stages.pairs",
-    "weights": "adpo.stages.weights",
-    "train": "adpo.stages.train",
-    "eval": "adpo.stages.evaluate",
-    "aggregate": "adpo.stages.aggregate",
-    "pipeline": "adpo.pipeline",
-}
+from adpo.registry import STAGES as REGISTERED
+
+# Stage name on the command line -> module with the Hydra entry point `main` (the registry's stages and the pipeline).
+STAGES = {**{s.name: s.module for s in REGISTERED}, "pipeline": "adpo.pipeline"}
 DRY_RUN_TARGET = "hydra.launcher._target_=hydra_plugins.adpo_slurm.launcher.DryRunSlurmLauncher"
 USAGE = f"usage: python -m adpo.sweep STAGE [--dry-run] [HYDRA_OVERRIDES...]   (STAGE: {', '.join(STAGES)})"
 

@@ -3,7 +3,8 @@
 A data config (conf/data/*.yaml) says:
     dataset: gsm8k | math      what the problems are: decides gold parsing, prompts and grading
     name:    gsm8k, math500 ...  the data choice's own name (ids of sources without one)
-    source:  hub | local | toy (the quickstart's generated task: adpo.toy.task, splits give problem counts)
+    source:  hub | local | toy (a generated task: `generator` names the function, e.g. the quickstart's
+             adpo_data_prep.toy.task.load_toy_problems; splits give problem counts)
     path:    hub id (openai/gsm8k) or a local `datasets` directory (hub); a JSONL file (local)
     config:  hub config name, a list of them (concatenated in order: EleutherAI/hendrycks_math), or null
     splits:  {train: ..., test: ...}: each the split name at the hub / the JSONL file (local), or a mapping that
@@ -205,12 +206,17 @@ def load_problems(data_cfg: Any, split: str) -> list[Problem]:
     dataset = _get(data_cfg, "dataset")
     if dataset not in DATASETS:
         raise ValueError(f"data.dataset must be one of {DATASETS}, got {dataset!r}")
-    if _get(data_cfg, "source") == "toy":  # the quickstart's synthetic task, generated (adpo.toy.task)
-        from adpo.toy.task import load_toy_problems
+    if _get(data_cfg, "source") == "toy":
+        # A generated task, named by the config: the core never imports the data side (adpo_data_prep) itself.
+        from hydra.utils import get_method
 
         if split not in data_splits(data_cfg):
             raise ValueError(f"data config {_get(data_cfg, 'name')!r} has no {split!r} split")
-        return load_toy_problems(data_cfg, split)
+        generator = _get(data_cfg, "generator")
+        if not generator:
+            raise ValueError(f"data config {_get(data_cfg, 'name')!r}: source toy needs data.generator "
+                             "(a function path such as adpo_data_prep.toy.task.load_toy_problems)")
+        return get_method(str(generator))(data_cfg, split)
     spec = split_spec(data_cfg, split)
     name = _get(data_cfg, "name") or dataset
     if spec["source"] == "local":

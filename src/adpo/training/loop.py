@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from adpo.io import atomic_write_jsonl, atomic_write_text, file_sha256
-from adpo.manifest import config_hash
+from adpo.manifest import config_hash, identity
 from adpo.training import checkpoint, engine as eng
 from adpo.training.pairs_data import PAIRS_FILE, check_weights_tokenizer, make_batch, read_pairs, tokenize_pairs
 from adpo.training.preemption import StopRequest
@@ -96,9 +96,7 @@ BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "resume", "re
 
 
 def resume_hash(cfg: DictConfig) -> str:
-    data = OmegaConf.to_container(cfg, resolve=True)
-    data["train"] = {k: v for k, v in data["train"].items() if k not in BOOKKEEPING_KEYS}
-    return config_hash(data)
+    return config_hash(identity(cfg, "train", also_not_hashed=[f"train.{k}" for k in BOOKKEEPING_KEYS]))
 
 
 def train(cfg: DictConfig) -> dict:

@@ -6,9 +6,11 @@ never collide, and daemons stopped by the pids in their pid files. Without slurm
 scratch `bin/` holds a small `sacct` that answers submitit's state queries from `squeue` (finished jobs stay there
 for MinJobAge seconds); put it first on PATH (see `env()`), or submitit waits forever for a job that died.
 
-    python -m adpo.slurm.local_cluster start --dir /tmp/adpo-slurm   # prints the exports to use the cluster
-    python -m adpo.slurm.local_cluster status --dir /tmp/adpo-slurm
-    python -m adpo.slurm.local_cluster stop --dir /tmp/adpo-slurm
+    python slurm/local_cluster.py start --dir /tmp/adpo-slurm   # prints the exports to use the cluster
+    python slurm/local_cluster.py status --dir /tmp/adpo-slurm
+    python slurm/local_cluster.py stop --dir /tmp/adpo-slurm
+
+Test tooling, not part of the installed packages: tests/slurm_cluster.py imports it from here.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ class LocalCluster:
         ports = {"ctld": settings.get("ctld") or _free_port(), "slurmd": settings.get("slurmd") or _free_port()}
         (self.root / "ports.json").write_text(json.dumps(ports))
         self.conf.write_text(
-            f"""# Single-node cluster on localhost, written by adpo.slurm.local_cluster
+            f"""# Single-node cluster on localhost, written by slurm/local_cluster.py
 ClusterName=adpo-local
 SlurmctldHost=localhost
 SlurmctldPort={ports['ctld']}

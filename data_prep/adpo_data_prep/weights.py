@@ -2,7 +2,7 @@
 
 1. Fine-tune a positive LoRA adapter on the correct samples and a negative one on the wrong samples (both on the
    zero-shot training prompt, loss on response tokens only), on one copy of the base model.
-2. For each pair, p_CE of every response token (adpo.criticality), on exactly the tokens of
+2. For each pair, p_CE of every response token (adpo_data_prep.criticality), on exactly the tokens of
    adpo.data.tokenize.encode_pair with the model's settings, so the train stage can line weights up with its tokens.
 3. pairs.jsonl = input pairs + rejected_weights (1 - p_CE) [+ chosen_weights (p_CE)] + weights_tokenizer.
 """
@@ -21,15 +21,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
-from adpo.criticality import chosen_weights, rejected_weights, score_responses
+from adpo_data_prep.criticality import chosen_weights, rejected_weights, score_responses
 from adpo.data.records import Problem
 from adpo.data.tokenize import EncodedResponse, encode_pair
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, file_sha256, iter_jsonl, require_field
-from adpo.lora_finetune import (SFTConfig, add_adapter, load_adapter, make_lora_config, save_adapter,
+from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, load_adapter, make_lora_config, save_adapter,
                                 saved_adapter_key, train_adapter)
-from adpo.manifest import is_complete, relevant, write_manifest
-from adpo.pairing import Sample, read_samples, sample_files
-from adpo.stages.pairs import check_samples_finished, default_dataset, samples_inputs, training_prompt_builder
+from adpo.manifest import config_hash, identity, is_complete, write_manifest
+from adpo_data_prep.pairing import Sample, read_samples, sample_files
+from adpo_data_prep.pairs import check_samples_finished, default_dataset, samples_inputs, training_prompt_builder
 from adpo.tracking import init_wandb
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,6 @@ def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedRespo
     return model, reports
 
 
-def relevant_config(cfg: DictConfig) -> dict:
-    """What this stage's output depends on besides its inputs (hashed into its manifest)."""
-    return relevant(cfg, "weights", 'criticality', 'model')
-
-
 def run(cfg: DictConfig) -> Path:
     pairs_dir, samples_dir, output_dir = Path(cfg.input_dir), Path(cfg.samples_dir), Path(cfg.output_dir)
     model_path = str(cfg.model.name_or_path)
@@ -173,7 +168,7 @@ def run(cfg: DictConfig) -> Path:
     if not samples_in:
         raise DataError(f"{samples_dir}: no sample shards (shard-*.jsonl): the weights stage fine-tunes on them")
     inputs = [pairs_dir / "pairs.jsonl", *samples_in, model_path]
-    if is_complete(output_dir, relevant_config(cfg), inputs):
+    if is_complete(output_dir, identity(cfg, "weights"), inputs):
         log.info("weights: %s is complete for this config and these inputs; nothing to do", output_dir)
         return output_dir / "pairs.jsonl"
     check_samples_finished(samples_dir)
@@ -211,7 +206,7 @@ def run(cfg: DictConfig) -> Path:
         wandb_run.finish()
     print(f"weights: {len(pairs)} pairs, mean rejected weight {mean_rejected:.4f} -> {output_dir / 'pairs.jsonl'}",
           flush=True)
-    write_manifest(output_dir, "weights", cfg, inputs, key=relevant_config(cfg),
+    write_manifest(output_dir, "weights", cfg, inputs, key=identity(cfg, "weights"),
                    outputs={"pairs": "pairs.jsonl", "adapters": list(ADAPTERS), "stats": "weights_stats.json",
                             "num_pairs": len(pairs)})
     return output_dir / "pairs.jsonl"

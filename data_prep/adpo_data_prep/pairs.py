@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from adpo.config import stage_main
 from adpo.data.records import Problem
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
-from adpo.manifest import is_complete, read_manifest, relevant, write_manifest
-from adpo.pairing import PairChoice, build_pairs, read_samples, sample_files
+from adpo.manifest import identity, is_complete, read_manifest, write_manifest
+from adpo_data_prep.pairing import PairChoice, build_pairs, read_samples, sample_files
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,12 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def relevant_config(cfg: DictConfig) -> dict:
-    """What this stage's output depends on besides its inputs (hashed into its manifest)."""
-    return relevant(cfg, "pairs", 'pairing', 'model.name_or_path', 'model.prompt_format', 'model.trust_remote_code')
-
-
 def run(cfg: DictConfig) -> Path:
     samples_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
     inputs = samples_inputs(samples_dir)
     if not inputs:
         raise DataError(f"{samples_dir}: no sample shards (shard-*.jsonl); run the sample stage first")
-    if is_complete(output_dir, relevant_config(cfg), inputs):
+    if is_complete(output_dir, identity(cfg, "pairs"), inputs):
         log.info("pairs: %s is complete for this config and these samples; nothing to do", output_dir)
         return output_dir / "pairs.jsonl"
     samples_manifest = check_samples_finished(samples_dir)
@@ -143,7 +138,7 @@ def run(cfg: DictConfig) -> Path:
     print(format_table(summary), flush=True)
     if summary["questions"] and summary["questions_with_both"] == 0:
         log.warning("no question has both a correct and a wrong answer: check the temperature and the grader")
-    write_manifest(output_dir, "pairs", cfg, inputs, key=relevant_config(cfg),
+    write_manifest(output_dir, "pairs", cfg, inputs, key=identity(cfg, "pairs"),
                    outputs={"pairs": "pairs.jsonl", "stats": "stats.json", "num_pairs": len(rows),
                             "stats_summary": json.loads(json.dumps(summary))})
     return output_dir / "pairs.jsonl"

@@ -20,7 +20,7 @@ from adpo.data.records import Problem, read_problems
 from adpo.generation import load_generator
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json
-from adpo.manifest import config_hash, fingerprint, is_complete, relevant, write_manifest
+from adpo.manifest import config_hash, fingerprint, identity, is_complete, write_manifest
 
 log = logging.getLogger(__name__)
 PROMPT_IN_ROWS = ("all", "first")
@@ -28,11 +28,9 @@ PROMPT_IN_ROWS = ("all", "first")
 
 def shard_fingerprint(cfg: DictConfig, problems_file: Path) -> str:
     """Everything that decides a shard's rows; other config changes (method, train...) keep finished shards."""
-    sampling = {k: v for k, v in OmegaConf.to_container(cfg.sampling, resolve=True).items()
-                if k not in ("max_problems", "grade_workers")}  # the plan's item ids say which problems
-    return config_hash({"model": OmegaConf.to_container(cfg.model, resolve=True), "sampling": sampling,
-                        "generation": OmegaConf.to_container(cfg.generation, resolve=True),
-                        "problems": fingerprint(problems_file)})
+    # The plan's item ids say which problems; grading workers do not change a grade.
+    key = identity(cfg, "sample", also_not_hashed=("sampling.max_problems", "sampling.grade_workers"))
+    return config_hash({**key, "problems": fingerprint(problems_file)})
 
 
 class ShardSampler:
@@ -118,18 +116,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "mean_tokens": sum(r.get("num_tokens", 0) for r in rows) / total}
 
 
-def relevant_config(cfg: DictConfig) -> dict:
-    """What this stage's output depends on besides its inputs (hashed into its manifest)."""
-    return relevant(cfg, "sample", 'model', 'sampling', 'generation')
-
-
 def run(cfg: DictConfig) -> Path:
     input_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
     s = cfg.sampling
     problems_file = input_dir / f"{s.split}.jsonl"
     model_path = str(cfg.model.name_or_path)
     inputs = [problems_file, model_path]
-    if is_complete(output_dir, relevant_config(cfg), inputs):
+    if is_complete(output_dir, identity(cfg, "sample"), inputs):
         log.info("sample: %s is complete for this config and these inputs; nothing to do", output_dir)
         return output_dir
     if not problems_file.is_file():
@@ -138,7 +131,7 @@ def run(cfg: DictConfig) -> Path:
     if not problems:
         raise DataError(f"{problems_file}: no problems")
     # A 'running' manifest marks the directory as unfinished until the last shard is in (the pairs stage checks).
-    write_manifest(output_dir, "sample", cfg, inputs, status="running", key=relevant_config(cfg))
+    write_manifest(output_dir, "sample", cfg, inputs, status="running", key=identity(cfg, "sample"))
 
     sampler = ShardSampler(cfg)
     try:
@@ -152,7 +145,7 @@ def run(cfg: DictConfig) -> Path:
     print(f"sample: {summary['samples']} samples of {summary['questions']} questions -> {output_dir}: "
           f"accuracy {summary['sample_accuracy']:.3f}, no answer {summary['no_answer_rate']:.3f}, "
           f"cut at max_tokens {summary['truncated_rate']:.3f}", flush=True)
-    write_manifest(output_dir, "sample", cfg, inputs, key=relevant_config(cfg), outputs={"shards": "shard-*.jsonl", **summary})
+    write_manifest(output_dir, "sample", cfg, inputs, key=identity(cfg, "sample"), outputs={"shards": "shard-*.jsonl", **summary})
     return output_dir
 
 

@@ -1,8 +1,8 @@
 """Stage 'train': pairs.jsonl -> a policy trained with DPO / ADPO / cDPO / cADPO on DeepSpeed -> output_dir/model.
 
     adpo-train method=adpo method.granularity=static:8                       # one process (CPU or one GPU)
-    python -m torch.distributed.run --nproc_per_node 8 -m adpo.stages.train deepspeed=zero3 method=cadpo ...
-    deepspeed --num_gpus 8 --module adpo.stages.train deepspeed=zero2 ...
+    python -m torch.distributed.run --nproc_per_node 8 -m adpo.train deepspeed=zero3 method=cadpo ...
+    deepspeed --num_gpus 8 --module adpo.train deepspeed=zero2 ...
 
 Outputs: output_dir/model/ (transformers format, full weights), checkpoints/ (resumable), metrics.jsonl, manifest.json.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from adpo.config import stage_main
-from adpo.manifest import is_complete, relevant, write_manifest
+from adpo.manifest import identity, is_complete, write_manifest
 from adpo.training.pairs_data import PAIRS_FILE
 
 log = logging.getLogger(__name__)
@@ -31,21 +31,16 @@ def _inputs(cfg: DictConfig) -> list[Path]:
     return inputs
 
 
-def relevant_config(cfg: DictConfig) -> dict:
-    """What this stage's output depends on besides its inputs (hashed into its manifest)."""
-    return relevant(cfg, "train", 'model', 'method.name', 'method.granularity', 'method.beta', 'method.use_weights', 'method.length_mode', 'method.reduction', 'train', 'deepspeed', 'seed')
-
-
 def run(cfg: DictConfig) -> dict | None:
     output_dir = Path(cfg.output_dir)
-    if is_complete(output_dir, relevant_config(cfg), _inputs(cfg)):
+    if is_complete(output_dir, identity(cfg, "train"), _inputs(cfg)):
         log.info("train: %s is complete, skipping", output_dir)
         return None
     from adpo.training.loop import train
 
     summary = train(cfg)
     if summary["rank"] == 0:
-        write_manifest(output_dir, "train", cfg, _inputs(cfg), key=relevant_config(cfg),
+        write_manifest(output_dir, "train", cfg, _inputs(cfg), key=identity(cfg, "train"),
                        outputs={"model": "model", "metrics": "metrics.jsonl", **summary})
     return summary
 

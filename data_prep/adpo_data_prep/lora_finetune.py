@@ -22,7 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from adpo.criticality import pad_batch
+from adpo_data_prep.criticality import pad_batch
 from adpo.data.tokenize import EncodedResponse
 from adpo.io import atomic_write_json
 

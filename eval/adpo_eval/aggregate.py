@@ -31,8 +31,8 @@ from omegaconf import DictConfig
 
 from adpo.config import conf_dir, stage_main
 from adpo.io import DataError, atomic_write_bytes, atomic_write_text, iter_jsonl
-from adpo.manifest import is_complete, read_manifest, write_manifest
-from adpo.stats import mean_ci, paired_bootstrap
+from adpo.manifest import identity, is_complete, read_manifest, write_manifest
+from adpo_eval.stats import mean_ci, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +472,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     paper_path = resolve_path(agg.paper_tables) if agg.paper_tables else None
     eval_dirs = find_eval_dirs(roots)
     inputs = [str(d) for d in eval_dirs] + ([str(paper_path)] if paper_path and paper_path.is_file() else [])
-    if is_complete(out, cfg, inputs):
+    if is_complete(out, identity(cfg, "aggregate"), inputs):
         log.info("aggregate: %s is up to date with %d eval directories; skipping", out, len(eval_dirs))
         text = (out / "tables.md").read_text() if (out / "tables.md").is_file() else ""
         if agg.print_tables and text:
@@ -547,7 +547,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     text = "\n".join(sections).rstrip() + "\n"
     atomic_write_text(out / "tables.md", text)
     outputs["tables"] = "tables.md"
-    write_manifest(out, "aggregate", cfg, inputs, outputs=outputs)
+    write_manifest(out, "aggregate", cfg, inputs, outputs=outputs, key=identity(cfg, "aggregate"))
     if agg.print_tables:
         print(text, flush=True)
     return outputs

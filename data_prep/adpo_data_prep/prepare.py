@@ -18,7 +18,7 @@ from adpo.config import stage_main
 from adpo.data.loaders import data_splits, load_problems, resolve_local_path, split_spec
 from adpo.data.records import write_problems
 from adpo.io import DataError
-from adpo.manifest import is_complete, write_manifest
+from adpo.manifest import identity, is_complete, write_manifest
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
@@ -39,16 +39,10 @@ def data_inputs(data_cfg) -> list[str]:
     return inputs
 
 
-def relevant_config(cfg: DictConfig) -> dict:
-    """The part of the config the prepared files depend on: the data group. Changing the method, model or training
-    settings leaves prepared data finished work."""
-    return {"stage": "prepare", "data": OmegaConf.to_container(cfg.data, resolve=True)}
-
-
 def run(cfg: DictConfig) -> Path:
     output_dir = Path(cfg.output_dir)
     inputs = data_inputs(cfg.data)
-    key = relevant_config(cfg)
+    key = identity(cfg, "prepare")
     if is_complete(output_dir, key, inputs):
         log.info("prepare: %s is complete, skipping", output_dir)
         return output_dir

@@ -27,7 +27,7 @@ from adpo.data.records import Problem, read_problems
 from adpo.generation import load_generator
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
-from adpo.manifest import MANIFEST, config_hash, fingerprint, is_complete, relevant, write_manifest
+from adpo.manifest import MANIFEST, config_hash, fingerprint, identity, is_complete, write_manifest
 from adpo.tracking import init_wandb
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,8 @@ def compute_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def shard_fingerprint(cfg: DictConfig, inputs: Sequence[str]) -> str:
     """Everything that decides a prediction; the plan's item ids say which problems."""
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.eval, resolve=True).items()
-                if k not in NOT_IN_SHARD_FINGERPRINT}
-    return config_hash({"eval": settings, "generation": OmegaConf.to_container(cfg.generation, resolve=True),
-                        "prompt_format": cfg.model.prompt_format,
-                        "inputs": {str(p): fingerprint(p) for p in inputs}})
+    key = identity(cfg, "eval", also_not_hashed=[f"eval.{k}" for k in NOT_IN_SHARD_FINGERPRINT])
+    return config_hash({**key, "inputs": {str(p): fingerprint(p) for p in inputs}})
 
 
 def log_to_wandb(cfg: DictConfig, metrics: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
@@ -192,20 +189,15 @@ def log_to_wandb(cfg: DictConfig, metrics: dict[str, Any], rows: Sequence[dict[s
     run.finish()
 
 
-def relevant_config(cfg: DictConfig) -> dict:
-    """What this stage's output depends on besides its inputs (hashed into its manifest)."""
-    return relevant(cfg, "eval", 'eval', 'generation', 'data', 'model.prompt_format')
-
-
 def run(cfg: DictConfig) -> Path:
     output_dir = Path(cfg.output_dir)
     model_dir = str(cfg.model_dir)
     problems, problems_file = load_eval_problems(cfg)
     inputs = model_inputs(model_dir) + ([str(problems_file)] if problems_file else [])
-    if is_complete(output_dir, relevant_config(cfg), inputs):
+    if is_complete(output_dir, identity(cfg, "eval"), inputs):
         log.info("eval: %s is complete for this config and these inputs; nothing to do", output_dir)
         return output_dir
-    write_manifest(output_dir, "eval", cfg, inputs, status="running", key=relevant_config(cfg))
+    write_manifest(output_dir, "eval", cfg, inputs, status="running", key=identity(cfg, "eval"))
 
     evaluator = ShardEvaluator(cfg)
     datasets = sorted({p.dataset for p in problems})
@@ -241,7 +233,7 @@ def run(cfg: DictConfig) -> Path:
     print(f"eval: accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['total']}) on "
           f"{metrics['dataset']} {cfg.eval.split}, no answer {metrics['no_answer']}, cut at max tokens "
           f"{metrics['truncated']}{speed} -> {output_dir}", flush=True)
-    write_manifest(output_dir, "eval", cfg, inputs, key=relevant_config(cfg),
+    write_manifest(output_dir, "eval", cfg, inputs, key=identity(cfg, "eval"),
                    outputs={"predictions": PREDICTIONS, "metrics": METRICS, "accuracy": metrics["accuracy"],
                             "total": metrics["total"]})
     return output_dir

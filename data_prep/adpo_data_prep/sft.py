@@ -27,9 +27,9 @@ from adpo.data.prompts import build_prompt, zero_shot_prompt
 from adpo.data.records import Problem, read_problems
 from adpo.data.tokenize import encode_pair, encode_prompt
 from adpo.io import atomic_directory, atomic_write_json
-from adpo.manifest import config_hash, is_complete, write_manifest
-from adpo.toy.model import build_tiny_llama
-from adpo.toy.tokenizer import build_tokenizer
+from adpo.manifest import config_hash, identity, is_complete, write_manifest
+from adpo_data_prep.toy.model import build_tiny_llama
+from adpo_data_prep.toy.tokenizer import build_tokenizer
 from adpo.tracking import init_wandb
 
 log = logging.getLogger(__name__)
@@ -135,18 +135,10 @@ def _start_or_resume(cfg: DictConfig, problems: list[Problem], ckpt: Path, cfg_h
     return tokenizer, model, state
 
 
-def relevant_config(cfg: DictConfig) -> dict:
-    """What the base model depends on besides the prepared data (an input): the sft settings and how prompts are
-    tokenised. Changing the method, training or sampling settings of an experiment leaves the base model finished."""
-    model = {k: cfg.model.get(k) for k in ("prompt_format", "max_prompt_length")}
-    return {"stage": "sft", "sft": OmegaConf.to_container(cfg.sft, resolve=True), "model": model,
-            "output_dir": str(cfg.output_dir)}
-
-
 def run(cfg: DictConfig) -> dict:
     out, data = Path(cfg.output_dir), Path(cfg.input_dir)
     inputs = [data]
-    key = relevant_config(cfg)
+    key = identity(cfg, "sft")
     if is_complete(out, key, inputs):
         log.info("sft: %s is complete (manifest matches); skipping", out)
         return {}
