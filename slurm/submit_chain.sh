@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Submit one configuration's whole chain as SLURM jobs, each starting only after the previous one succeeded:
-#   sample -> pairs -> [weights, for cdpo/cadpo] -> train -> eval       (sbatch --dependency=afterok:<previous>)
+#   prepare -> sample -> pairs -> [weights, when the method uses weights] -> train -> eval   (--dependency=afterok)
 #   slurm/submit_chain.sh model=llama3_8b data=gsm8k method=cadpo seed=1 generation=vllm
 #   slurm/submit_chain.sh --dry-run ...            # print the sbatch commands, submit nothing
 #   slurm/submit_chain.sh --from train ...         # start at a later stage (earlier outputs exist)
@@ -10,7 +10,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dry_run=0
-from=sample
+from=""
 args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -28,6 +28,7 @@ PY=${ADPO_PYTHON:-$here/../.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 read -r -a stages <<< "$("$PY" -m adpo.registry chain "${args[@]}")"
 [ "${#stages[@]}" -gt 0 ] || exit 2
+from=${from:-${stages[0]}}
 case " ${stages[*]} " in *" $from "*) ;; *) echo "--from: '$from' is not one of: ${stages[*]}" >&2; exit 2 ;; esac
 
 previous=""
@@ -43,7 +44,7 @@ for stage in "${stages[@]}"; do
   opts+=(${ADPO_SBATCH:-} ${!per_stage_var:-})
   case "$stage" in
     train) cmd=(sbatch "${opts[@]}" "$here/train.sbatch" "${args[@]}") ;;
-    pairs) cmd=(sbatch "${opts[@]}" --gpus-per-node=0 "$here/generate.sbatch" pairs "${args[@]}") ;;
+    prepare|pairs) cmd=(sbatch "${opts[@]}" --gpus-per-node=0 "$here/generate.sbatch" "$stage" "${args[@]}") ;;
     *) cmd=(sbatch "${opts[@]}" "$here/generate.sbatch" "$stage" "${args[@]}") ;;
   esac
   if [ "$dry_run" = 1 ]; then

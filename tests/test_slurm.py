@@ -98,12 +98,21 @@ def test_submit_chain_dry_run_chains_stages_with_dependencies():
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True)
     lines = proc.stdout.strip().splitlines()
     assert [re.search(r"--job-name=adpo-(\w+)", l).group(1) for l in lines] == [
-        "sample", "pairs", "weights", "train", "eval"]
-    assert all(f"afterok:\\<{prev}\\>" in line for prev, line in zip(["sample", "pairs", "weights", "train"],
+        "prepare", "sample", "pairs", "weights", "train", "eval"]
+    assert all(f"afterok:\\<{prev}\\>" in line for prev, line in zip(["prepare", "sample", "pairs", "weights", "train"],
                                                                    lines[1:]))
+    assert "--gpus-per-node=0" in lines[0] and "--gpus-per-node=0" not in lines[1]  # prepare needs no GPU
     plain = subprocess.run(["bash", "slurm/submit_chain.sh", "--dry-run", "method=adpo"], cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=60, check=True).stdout
     assert "adpo-weights" not in plain, "weights only for cdpo/cadpo"
+    # The composed config decides, not the spelling: ADPO with weights switched on needs the weights stage.
+    weighted = subprocess.run(["bash", "slurm/submit_chain.sh", "--dry-run", "--from", "train", "method=adpo",
+                               "method.use_weights=true"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                              check=True).stdout.splitlines()
+    assert [re.search(r"--job-name=adpo-(\w+)", l).group(1) for l in weighted] == ["train", "eval"]
+    listed = subprocess.run(["bash", "slurm/submit_chain.sh", "--dry-run", "--from", "weights", "method=adpo",
+                             "method.use_weights=true"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "adpo-weights" in listed.stdout
 
 
 # --- real sweeps on the local cluster ----------------------------------------------------------------------------
