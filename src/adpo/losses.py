@@ -5,9 +5,15 @@
 
 DPO is ADPO with one segment; cDPO/cADPO are DPO/ADPO with token weights a_t. No model, no I/O, no Python loop
 over tokens or segments: the same code path serves every method, so a granularity costs one scatter_add.
+
+What is applied to each paired segment's log-ratio margin h_i = S^w(i) - S^l(i) is a named segment loss
+(`method.segment_loss`, default "sigmoid": -log s(b * h_i)); a new objective at every granularity is one function
+registered here with @segment_loss("name") and a method config that names it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +22,35 @@ from adpo.segments import Granularity, parse_granularity, response_positions, se
 
 LENGTH_MODES = ("max", "min")
 REDUCTIONS = ("sum", "mean")
+
+SegmentLoss = Callable[[torch.Tensor, float], torch.Tensor]
+SEGMENT_LOSSES: dict[str, SegmentLoss] = {}
+
+
+def segment_loss(name: str) -> Callable[[SegmentLoss], SegmentLoss]:
+    """Register fn(h, beta) -> elementwise loss of the log-ratio margins h (any shape) under `name`."""
+
+    def register(fn: SegmentLoss) -> SegmentLoss:
+        if name in SEGMENT_LOSSES:
+            raise ValueError(f"segment loss {name!r} is registered twice")
+        SEGMENT_LOSSES[name] = fn
+        return fn
+
+    return register
+
+
+def get_segment_loss(name: str) -> SegmentLoss:
+    try:
+        return SEGMENT_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"method.segment_loss: unknown segment loss {name!r}; known: {sorted(SEGMENT_LOSSES)}") \
+            from None
+
+
+@segment_loss("sigmoid")
+def sigmoid_loss(h: torch.Tensor, beta: float) -> torch.Tensor:
+    """The Bradley-Terry log-likelihood of DPO and ADPO: -log s(b * h)."""
+    return -F.logsigmoid(beta * h)
 
 
 def per_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -44,6 +79,7 @@ def preference_loss(
     rejected_weights: torch.Tensor | None = None,
     length_mode: str = "max",
     reduction: str = "sum",
+    segment_loss: str = "sigmoid",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pair preference loss [B] and per-pair metrics (each [B], detached).
 
@@ -51,12 +87,14 @@ def preference_loss(
     widths may differ. Masks mark response tokens (contiguous, right-padded or at any offset). Weights, when given,
     multiply d_t before segments are summed. length_mode "max" pairs max(n_w, n_l) segments, the shorter response
     contributing S = 0; "min" truncates both responses to their shared length first. reduction "sum" adds the
-    segment losses (the paper), "mean" divides by the number of paired segments.
+    segment losses (the paper), "mean" divides by the number of paired segments. segment_loss names the function
+    applied to each paired segment's margin (SEGMENT_LOSSES).
     """
     if length_mode not in LENGTH_MODES:
         raise ValueError(f"length_mode must be one of {LENGTH_MODES}, got {length_mode!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    link = get_segment_loss(segment_loss)
     gran = parse_granularity(granularity)
     mask_w, mask_l = chosen_mask.bool(), rejected_mask.bool()
     if length_mode == "min":
@@ -75,8 +113,8 @@ def preference_loss(
 
     paired = torch.maximum(segment_counts(len_w, gran), segment_counts(len_l, gran))
     valid = torch.arange(num_cols, device=paired.device).unsqueeze(0) < paired.unsqueeze(-1)
-    margins = beta * (seg_w - seg_l)
-    segment_losses = torch.where(valid, -F.logsigmoid(margins), torch.zeros_like(margins))
+    margins = seg_w - seg_l
+    segment_losses = torch.where(valid, link(margins, beta), torch.zeros_like(margins))
     loss = segment_losses.sum(-1)
     if reduction == "mean":
         loss = loss / paired.clamp(min=1).to(loss.dtype)
