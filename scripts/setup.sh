@@ -7,7 +7,8 @@ VENV=${ADPO_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 stamp="$VENV/.adpo-setup"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# setup.py generates the console scripts from the registry of stages: a new stage needs a reinstall too.
+want=$(cat pyproject.toml setup.py src/adpo/registry.py scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 pip=("$VENV/bin/python" -m pip install --progress-bar off)
 # torch first, pinned: an unpinned torch may pull a multi-GB CUDA build.
