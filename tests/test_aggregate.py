@@ -20,12 +20,13 @@ from adpo_eval import aggregate
 
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "docs" / "paper_tables.csv"
 N = 200
+DPO_DISPLAY = {"label": "DPO", "family": "adpo", "order": 10, "main_granularity": "sequence"}
 
 
 def make_eval_dir(root: Path, method: str, granularity: str, seed: int, correct: np.ndarray, *,
                   model: str = "llama3_8b", paper_model: str | None = "Llama-3-8B", dataset: str = "gsm8k",
                   run_name: str | None = None, lr: float = 4e-5, status: str = "complete",
-                  source: str = "local") -> Path:
+                  source: str = "local", method_keys: dict | None = None) -> Path:
     run_name = run_name or f"{method}-{granularity.replace(':', '')}-lr{lr}-s{seed}"
     out = root / "eval" / run_name
     rows = [{"id": f"p{i}", "prompt": "Question: ...", "output": "... #### 1", "extracted": "1", "gold": "1",
@@ -33,7 +34,8 @@ def make_eval_dir(root: Path, method: str, granularity: str, seed: int, correct:
     atomic_write_jsonl(out / "predictions.jsonl", rows)
     atomic_write_json(out / "metrics.json", {"accuracy": float(np.mean(correct)), "total": len(rows)})
     cfg = {"run_name": run_name, "seed": seed, "experiment_name": "t",
-           "method": {"name": method, "granularity": granularity, "beta": 0.1, "pairs_dir": str(root / "pairs")},
+           "method": {"name": method, "granularity": granularity, "beta": 0.1, "pairs_dir": str(root / "pairs"),
+                      **(method_keys or {})},
            "train": {"lr": lr, "seed": seed},
            "model": {"name": model, "paper_name": paper_model},
            "data": {"dataset": dataset, "name": "toy" if source == "toy" else dataset, "source": source}}
@@ -139,6 +141,28 @@ def test_learning_rate_sweep_splits_rows_automatically(tmp_path):
     comp = pd.read_csv(tmp_path / "results" / "comparisons.csv", dtype={"train.lr": str})
     # Within each learning rate: DPO against the base model.
     assert sorted(comp["train.lr"]) == ["2e-05", "5e-06"] and set(comp["B"]) == {"Base"}
+
+
+def test_display_keys_come_from_the_manifest_then_the_method_config_then_the_name(tmp_path):
+    rng = np.random.default_rng(4)
+    for seed in range(3):  # runs from before the configs had display keys beside runs that record them
+        make_eval_dir(tmp_path, "dpo", "sequence", seed, outcomes(rng, 0.5),
+                      method_keys=DPO_DISPLAY if seed == 2 else None)
+    make_eval_dir(tmp_path, "adpo", "token", 0, outcomes(rng, 0.5),
+                  method_keys={"label": "ADPO*", "order": 1, "main_granularity": "token"})
+    make_eval_dir(tmp_path, "unlisted", "sequence", 0, outcomes(rng, 0.5))
+    make_eval_dir(tmp_path, "unlisted", "static:4", 0, outcomes(rng, 0.5))
+    make_eval_dir(tmp_path, "adpo", "-", 0, outcomes(rng, 0.4), run_name="base")
+    out = aggregate.run(agg_cfg(tmp_path))
+    assert out["group_by"] == []  # display keys recorded by some runs only do not split rows
+    main = pd.read_csv(tmp_path / "results" / "main.csv")
+    assert list(main["Method"]) == ["Base", "ADPO*", "DPO"] and list(main["GSM8K seeds"]) == [1, 1, 3]
+    ablation = pd.read_csv(tmp_path / "results" / "granularity.csv")
+    # A method with neither recorded keys nor a config: its name, after the others, in no main-table row.
+    assert list(zip(ablation["Method"], ablation["Granularity"]))[-2:] == [("unlisted", "static:4"),
+                                                                          ("unlisted", "sequence")]
+    comp = pd.read_csv(tmp_path / "results" / "comparisons.csv")
+    assert {"unlisted (sequence)", "unlisted (static:4)", "ADPO*", "DPO", "Base"} == set(comp["A"]) | set(comp["B"])
 
 
 def test_rerun_skips_until_a_new_run_finishes(study, capsys):

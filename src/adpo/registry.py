@@ -17,15 +17,18 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-# Where or how to run, never what to compute.
+# How tables name things: read by the aggregate stage from each run's manifest, never by what computes.
+DISPLAY_ONLY = ("method.label", "method.family", "method.order", "method.main_granularity", "method.paper_name",
+                "model.paper_name")
+# Where or how to run, or how to show it: never what to compute.
 NEVER_HASHED = ("hydra", "paths", "wandb", "pipeline", "progress", "input_dir", "output_dir", "run_name",
-                "experiment_name", "launcher")
+                "experiment_name", "launcher", *DISPLAY_ONLY)
 
 # Groups that configure one stage each: a stage that does not read them does not hash them.
 _DATA_SIDE = ("sampling", "generation", "pairing", "criticality", "sft")
 _TRAINING = ("method", "train", "deepspeed")
 # Model keys that only training reads (generation has its own dtype and length settings) or only tables show.
-_TRAINING_MODEL_KEYS = ("model.max_length", "model.max_prompt_length", "model.dtype", "model.paper_name")
+_TRAINING_MODEL_KEYS = ("model.max_length", "model.max_prompt_length", "model.dtype")
 
 
 @dataclass(frozen=True)
