@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from adpo.config import compose
-from adpo.generation import Completion, load_generator, truncate_at_stop
+from adpo.data.prompts import truncate_at_stop
+from adpo.generation import Completion, load_generator
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -36,7 +36,7 @@ def arith_model(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide Llama trained for ~150 steps on "Question: ...\\nAnswer: a + b = c. The answer is c."."""
     import torch
 
-    from adpo.data.tokenize import encode_pair
+    from adpo.data.tokenize import collate_responses, encode_pair
     from adpo_data_prep.toy.model import build_tiny_llama
     from adpo_data_prep.toy.tokenizer import build_tokenizer
 
@@ -46,18 +46,11 @@ def arith_model(tmp_path_factory) -> Path:
     model = build_tiny_llama(tokenizer, out, hidden_size=64, num_layers=2, num_heads=4, seed=0)
     torch.manual_seed(0)
     encoded = [encode_pair(tokenizer, f"Question: {question(a, b)}\nAnswer: ", solution(a, b)) for a, b in SUMS]
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
-    labels = torch.full((len(encoded), width), -100)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        labels[i, len(e.prompt_ids): len(e.input_ids)] = torch.tensor(e.response_ids)
-        mask[i, : len(e.input_ids)] = 1
+    batch = collate_responses(encoded, tokenizer.pad_token_id, with_labels=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(150):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -16,6 +16,7 @@ import torch
 
 from adpo.config import compose
 from adpo.data.records import write_problems
+from adpo.data.tokenize import EncodedResponse, collate_responses
 from adpo.manifest import read_manifest
 from adpo_data_prep import sft
 from adpo_data_prep.toy.task import make_problems
@@ -55,7 +56,8 @@ def test_batches_are_a_function_of_the_step():
 
 
 def test_loss_is_on_the_solution_only():
-    batch = sft.collate([([1, 5, 6, 7, 2], 2), ([1, 5, 8], 2)], pad_id=0)
+    examples = [EncodedResponse([1, 5], [6, 7, 2]), EncodedResponse([1, 5], [8])]
+    batch = collate_responses(examples, pad_id=0, with_labels=True)  # as the sft loop collates its batches
     assert batch["labels"].tolist() == [[-100, -100, 6, 7, 2], [-100, -100, 8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert batch["input_ids"].tolist()[1] == [1, 5, 8, 0, 0]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from adpo.data.tokenize import EncodedResponse
+from adpo.data.tokenize import EncodedResponse, collate_responses
 from adpo.losses import per_token_logps
 
 
@@ -30,23 +30,6 @@ def rejected_weights(p_ce: torch.Tensor) -> torch.Tensor:
 
 def chosen_weights(p_ce: torch.Tensor) -> torch.Tensor:
     return p_ce
-
-
-def pad_batch(encoded: Sequence[EncodedResponse], pad_id: int, with_labels: bool = False) -> dict[str, torch.Tensor]:
-    """Right-padded input_ids and attention_mask; labels (response tokens only, -100 elsewhere) if asked."""
-    width = max(len(e.input_ids) for e in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
-    for row, e in enumerate(encoded):
-        ids = torch.tensor(e.input_ids, dtype=torch.long)
-        input_ids[row, : len(ids)] = ids
-        attention_mask[row, : len(ids)] = 1
-        labels[row, len(e.prompt_ids): len(ids)] = ids[len(e.prompt_ids):]
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if with_labels:
-        batch["labels"] = labels
-    return batch
 
 
 @torch.no_grad()
@@ -66,7 +49,7 @@ def score_responses(model, encoded: Sequence[EncodedResponse], *, pad_id: int, p
     out: list[torch.Tensor | None] = [None] * len(encoded)
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc="p_CE", unit="batch", disable=not progress):
-        batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate_responses([encoded[i] for i in idx], pad_id).items()}
         model.set_adapter(positive)
         pos_logits = model(**batch).logits[:, :-1]
         model.set_adapter(negative)

@@ -22,8 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from adpo_data_prep.criticality import pad_batch
-from adpo.data.tokenize import EncodedResponse
+from adpo.data.tokenize import EncodedResponse, collate_responses
 from adpo.io import atomic_write_json
 
 TRAIN_INFO = "train_info.json"
@@ -39,11 +38,6 @@ class SFTConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
-
-
-def make_lora_config(r: int, alpha: int, dropout: float, target_modules: Sequence[str]) -> LoraConfig:
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                      bias="none", task_type="CAUSAL_LM")
 
 
 def add_adapter(model, name: str, lora: LoraConfig) -> PeftModel:
@@ -113,7 +107,8 @@ def train_adapter(model: PeftModel, name: str, examples: Sequence[EncodedRespons
         order = list(range(len(examples)))
         rng.shuffle(order)
         for start in range(0, len(order), cfg.batch_size):
-            batch = pad_batch([examples[i] for i in order[start: start + cfg.batch_size]], pad_id, with_labels=True)
+            batch = collate_responses([examples[i] for i in order[start: start + cfg.batch_size]], pad_id,
+                                      with_labels=True)
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
             (loss / cfg.grad_accum).backward()

@@ -61,10 +61,10 @@ def training_prompt_builder(cfg: DictConfig):
     prompt_format = cfg.model.prompt_format
     tokenizer = None
     if prompt_format == "chat":
-        from transformers import AutoTokenizer
+        from adpo.models import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(cfg.model.name_or_path),
-                                                  trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
+        tokenizer = load_tokenizer(cfg.model.name_or_path,
+                                   trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
     return lambda problem: build_prompt(problem, style="zero_shot", prompt_format=prompt_format, tokenizer=tokenizer)
 
 

@@ -15,9 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
-from adpo.data.prompts import build_prompt, stop_sequences
 from adpo.data.records import Problem, read_problems
-from adpo.generation import load_generator
+from adpo.generation.graded import GradedGeneration, GradedProblem
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json
 from adpo.manifest import config_hash, fingerprint, identity, is_complete, write_manifest
@@ -33,74 +32,22 @@ def shard_fingerprint(cfg: DictConfig, problems_file: Path) -> str:
     return config_hash({**key, "problems": fingerprint(problems_file)})
 
 
-class ShardSampler:
-    """process(problems, shard_index) -> graded sample rows, for run_sharded. Loads the model on first use."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.s = cfg.sampling
-        self._generator = None
-        self._grader = None
-        if self.s.prompt_in_rows not in PROMPT_IN_ROWS:
-            raise ValueError(f"sampling.prompt_in_rows must be one of {PROMPT_IN_ROWS}, got {self.s.prompt_in_rows!r}")
-
-    @property
-    def generator(self):
-        if self._generator is None:
-            self._generator = load_generator(self.cfg.generation, str(self.cfg.model.name_or_path),
-                                             prompt_format=self.cfg.model.prompt_format)
-        return self._generator
-
-    @property
-    def grader(self):
-        if self._grader is None:
-            from adpo.grading import Grader
-
-            self._grader = Grader(workers=int(self.s.grade_workers), timeout_s=float(self.s.grade_timeout_s))
-        return self._grader
-
-    def prompt(self, problem: Problem) -> str:
-        return build_prompt(problem, style=self.s.prompt_style, prompt_format=self.cfg.model.prompt_format,
-                            tokenizer=self.generator.tokenizer, num_shots=self.s.num_shots)
-
-    def __call__(self, problems: list[Problem], shard_index: int) -> list[dict[str, Any]]:
-        s = self.s
-        prompts = [self.prompt(p) for p in problems]
-        rows: list[dict[str, Any]] = []
-        # One generate() call per dataset: the stop string is the dataset's ("\n\nQuestion:" / "\n\nProblem:").
-        for dataset in sorted({p.dataset for p in problems}):
-            idx = [i for i, p in enumerate(problems) if p.dataset == dataset]
-            completions = self.generator.generate(
-                [prompts[i] for i in idx], n=int(s.n), temperature=float(s.temperature), top_p=float(s.top_p),
-                max_tokens=int(s.max_tokens), stop=stop_sequences(dataset, self.cfg.model.prompt_format),
-                seed=int(s.seed) + shard_index)
-            texts = [c.text for outs in completions for c in outs]
-            golds = [problems[i].gold for i, outs in zip(idx, completions, strict=True) for _ in outs]
-            grades = iter(self.grader.grade_batch(dataset, texts, golds))
-            for i, outs in zip(idx, completions, strict=True):
-                for k, c in enumerate(outs):
-                    rows.append(self.row(problems[i], prompts[i], k, c, next(grades)))
-        order = {p.id: n for n, p in enumerate(problems)}
-        rows.sort(key=lambda r: (order[r["problem_id"]], r["sample_index"]))
-        return rows
-
-    def row(self, problem: Problem, prompt: str, k: int, completion, grade) -> dict[str, Any]:
-        row = {"problem_id": problem.id, "dataset": problem.dataset, "question": problem.question,
-               "gold": problem.gold, "prompt": prompt, "sample_index": k, "text": completion.text,
-               "extracted": grade.extracted, "correct": bool(grade.correct),
-               "finish_reason": completion.finish_reason, "num_tokens": len(completion.token_ids)}
-        if k > 0 and self.s.prompt_in_rows == "first":
-            # A few-shot prompt is ~10x the size of a response: written once per question, not n times.
-            row["prompt"] = None
-        if grade.error:
-            row["grade_error"] = grade.error
-        return row
-
-    def close(self) -> None:
-        if self._grader is not None:
-            self._grader.close()
-        if self._generator is not None:
-            self._generator.close()
+def sample_rows(graded: Sequence[GradedProblem], prompt_in_rows: str) -> list[dict[str, Any]]:
+    """One row per completion, in problem order then sample order."""
+    rows = []
+    for g in graded:
+        for k, (completion, grade) in enumerate(zip(g.completions, g.grades, strict=True)):
+            row = {"problem_id": g.problem.id, "dataset": g.problem.dataset, "question": g.problem.question,
+                   "gold": g.problem.gold, "prompt": g.prompt, "sample_index": k, "text": completion.text,
+                   "extracted": grade.extracted, "correct": bool(grade.correct),
+                   "finish_reason": completion.finish_reason, "num_tokens": len(completion.token_ids)}
+            if k > 0 and prompt_in_rows == "first":
+                # A few-shot prompt is ~10x the size of a response: written once per question, not n times.
+                row["prompt"] = None
+            if grade.error:
+                row["grade_error"] = grade.error
+            rows.append(row)
+    return rows
 
 
 def select_problems(problems: Sequence[Problem], max_problems: int | None) -> list[Problem]:
@@ -133,13 +80,16 @@ def run(cfg: DictConfig) -> Path:
     # A 'running' manifest marks the directory as unfinished until the last shard is in (the pairs stage checks).
     write_manifest(output_dir, "sample", cfg, inputs, status="running", key=identity(cfg, "sample"))
 
-    sampler = ShardSampler(cfg)
-    try:
-        rows = run_sharded(problems, sampler, output_dir, item_id=lambda p: p.id, shard_size=int(s.shard_size),
+    if s.prompt_in_rows not in PROMPT_IN_ROWS:
+        raise ValueError(f"sampling.prompt_in_rows must be one of {PROMPT_IN_ROWS}, got {s.prompt_in_rows!r}")
+    with GradedGeneration(cfg.generation, model_path, cfg.model.prompt_format, prompt_style=s.prompt_style,
+                          num_shots=s.num_shots, n=s.n, temperature=s.temperature, top_p=s.top_p,
+                          max_tokens=s.max_tokens, seed=s.seed, grade_workers=s.grade_workers,
+                          grade_timeout_s=s.grade_timeout_s) as graded:
+        rows = run_sharded(problems, lambda shard, index: sample_rows(graded(shard, index), s.prompt_in_rows),
+                           output_dir, item_id=lambda p: p.id, shard_size=int(s.shard_size),
                            fingerprint=shard_fingerprint(cfg, problems_file), progress=bool(cfg.progress),
                            desc=f"sampling n={s.n}")
-    finally:
-        sampler.close()
     summary = summarize(rows)
     atomic_write_json(output_dir / "summary.json", summary)
     print(f"sample: {summary['samples']} samples of {summary['questions']} questions -> {output_dir}: "

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
-from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from adpo.config import stage_main
 from adpo.data.prompts import build_prompt, zero_shot_prompt
 from adpo.data.records import Problem, read_problems
-from adpo.data.tokenize import encode_pair, encode_prompt
+from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair, encode_prompt
 from adpo.io import atomic_directory, atomic_write_json
 from adpo.manifest import config_hash, identity, is_complete, write_manifest
+from adpo.models import load_causal_lm, load_tokenizer
 from adpo_data_prep.toy.model import build_tiny_llama
 from adpo_data_prep.toy.tokenizer import build_tokenizer
 from adpo.tracking import init_wandb
@@ -57,29 +58,16 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
 
 
 def encode_examples(problems: list[Problem], tokenizer: PreTrainedTokenizerBase, cfg: DictConfig,
-                    model_cfg: DictConfig) -> list[tuple[list[int], int]]:
-    """(input ids, prompt length) per problem, tokenised exactly as the preference stages tokenise pairs."""
+                    model_cfg: DictConfig) -> list[EncodedResponse]:
+    """(prompt, solution) token ids per problem, tokenised exactly as the preference stages tokenise pairs."""
     examples = []
     for p in problems:
         if not p.solution:
             raise ValueError(f"problem {p.id} has no worked solution; the sft stage trains on solutions")
-        enc = encode_pair(tokenizer, build_prompt(p, "zero_shot", model_cfg.prompt_format, tokenizer), p.solution,
-                          prompt_format=model_cfg.prompt_format, max_prompt_length=model_cfg.max_prompt_length,
-                          max_length=cfg.max_length)
-        examples.append((enc.input_ids, len(enc.prompt_ids)))
+        examples.append(encode_pair(tokenizer, build_prompt(p, "zero_shot", model_cfg.prompt_format, tokenizer),
+                                    p.solution, prompt_format=model_cfg.prompt_format,
+                                    max_prompt_length=model_cfg.max_prompt_length, max_length=cfg.max_length))
     return examples
-
-
-def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (ids, prompt_len) in enumerate(examples):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, prompt_len:len(ids)] = torch.tensor(ids[prompt_len:])  # completion-only loss
-        attention[row, :len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
 def final_answer(text: str) -> str | None:
@@ -88,7 +76,7 @@ def final_answer(text: str) -> str | None:
 
 
 @torch.no_grad()
-def greedy_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
+def greedy_accuracy(model, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
                     max_new_tokens: int = 160, batch_size: int = 32, prompt_format: str = "plain") -> float:
     """Exact match of the greedy answer's `#### N` with the gold answer (HF generate, left-padded batches)."""
     model.eval()
@@ -130,8 +118,8 @@ def _start_or_resume(cfg: DictConfig, problems: list[Problem], ckpt: Path, cfg_h
                              max_position_embeddings=max(1024, s.max_length), seed=s.seed)
             torch.save({"step": 0, "optimizer": None, "config_hash": cfg_hash}, tmp / TRAINER_STATE)
         state = torch.load(ckpt / TRAINER_STATE, weights_only=False)
-    tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
-    model = LlamaForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32)
+    tokenizer = load_tokenizer(ckpt)
+    model = load_causal_lm(ckpt, dtype="float32")
     return tokenizer, model, state
 
 
@@ -165,8 +153,9 @@ def run(cfg: DictConfig) -> dict:
         lr = lr_at(step, s)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = collate([examples[i] for i in batch_indices(step, len(examples), s.batch_size, s.seed)],
-                        tokenizer.pad_token_id)
+        # Labels on the solution only: a completion-only loss.
+        batch = collate_responses([examples[i] for i in batch_indices(step, len(examples), s.batch_size, s.seed)],
+                                  tokenizer.pad_token_id, with_labels=True)
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -24,28 +24,18 @@ from adpo.config import stage_main
 from adpo_data_prep.criticality import chosen_weights, rejected_weights, score_responses
 from adpo.data.records import Problem
 from adpo.data.tokenize import EncodedResponse, encode_pair
-from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, file_sha256, iter_jsonl, require_field
-from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, load_adapter, make_lora_config, save_adapter,
-                                saved_adapter_key, train_adapter)
+from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, file_sha256
+from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, load_adapter, save_adapter, saved_adapter_key,
+                                          train_adapter)
 from adpo.manifest import config_hash, identity, is_complete, write_manifest
+from adpo.models import load_causal_lm, load_tokenizer, lora_config, resolve_device
 from adpo_data_prep.pairing import Sample, read_samples, sample_files
 from adpo_data_prep.pairs import check_samples_finished, default_dataset, samples_inputs, training_prompt_builder
 from adpo.tracking import init_wandb
+from adpo.training.pairs_data import iter_pair_rows
 
 log = logging.getLogger(__name__)
 ADAPTERS = ("positive", "negative")
-
-
-def read_pairs(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, row in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        for field in ("id", "prompt", "chosen", "rejected"):
-            require_field(row, field, str, where, non_empty=True)
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no pairs")
-    return rows
 
 
 def encoder(cfg: DictConfig, tokenizer):
@@ -112,30 +102,12 @@ def adapter_key(cfg: DictConfig, name: str, samples_fingerprints: dict[str, str]
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
-def load_base(cfg: DictConfig, device: torch.device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    m = cfg.model
-    path = str(m.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(m.get("trust_remote_code", False)))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, str(m.get("dtype", "float32"))),
-                                                 trust_remote_code=bool(m.get("trust_remote_code", False)))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return model.to(device), tokenizer, pad_id
-
-
 def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedResponse]], output_dir: Path,
                    samples_fps: dict[str, str], pad_id: int, device: torch.device, wandb_run) -> tuple[Any, dict]:
     """The positive and negative adapters on one base model: reused from output_dir when trained for the same
     inputs (a killed run resumes after the first adapter), else trained and saved."""
     c = cfg.criticality
-    lora = make_lora_config(int(c.lora.r), int(c.lora.alpha), float(c.lora.dropout), list(c.lora.target_modules))
+    lora = lora_config(c.lora)
     sft = SFTConfig(**OmegaConf.to_container(c.sft, resolve=True), seed=int(cfg.seed))
     reports = {}
     for name in ADAPTERS:
@@ -173,9 +145,12 @@ def run(cfg: DictConfig) -> Path:
         return output_dir / "pairs.jsonl"
     check_samples_finished(samples_dir)
     c = cfg.criticality
-    pairs = read_pairs(pairs_dir / "pairs.jsonl")
-    device = pick_device(str(c.device))
-    model, tokenizer, pad_id = load_base(cfg, device)
+    pairs = [row for _, row in iter_pair_rows(pairs_dir / "pairs.jsonl")]
+    device = resolve_device(c.device)
+    trust = bool(cfg.model.get("trust_remote_code", False))
+    tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
+    model = load_causal_lm(model_path, dtype=cfg.model.get("dtype", "auto"), trust_remote_code=trust, device=device)
+    pad_id = tokenizer.pad_token_id
     encode = encoder(cfg, tokenizer)
     sets = finetune_sets(read_samples(samples_dir), cfg, encode, int(cfg.seed))
     wandb_run = init_wandb(cfg, job_type="weights")

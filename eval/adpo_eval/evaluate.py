@@ -13,7 +13,6 @@ manifest.json. Metrics and a table of the outputs go to wandb (offline files by 
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +21,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
-from adpo.data.prompts import build_prompt, stop_sequences
 from adpo.data.records import Problem, read_problems
-from adpo.generation import load_generator
+from adpo.generation.graded import GradedGeneration, GradedProblem
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
 from adpo.manifest import MANIFEST, config_hash, fingerprint, identity, is_complete, write_manifest
@@ -69,64 +67,9 @@ def load_eval_problems(cfg: DictConfig) -> tuple[list[Problem], Path | None]:
     return problems, path
 
 
-class ShardEvaluator:
-    """process(problems, shard_index) -> prediction rows, for run_sharded. Loads the model on first use."""
-
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.e = cfg.eval
-        self.prompt_format = cfg.model.prompt_format
-        self._generator = None
-        self._grader = None
-        self.generated_tokens = 0
-        self.generation_seconds = 0.0
-
-    @property
-    def generator(self):
-        if self._generator is None:
-            self._generator = load_generator(self.cfg.generation, str(self.cfg.model_dir),
-                                             prompt_format=self.prompt_format)
-        return self._generator
-
-    @property
-    def grader(self):
-        if self._grader is None:
-            from adpo.grading import Grader
-
-            self._grader = Grader(workers=int(self.e.grade_workers), timeout_s=float(self.e.grade_timeout_s))
-        return self._grader
-
-    def stop(self, dataset: str) -> list[str]:
-        return list(self.e.stop) if self.e.stop is not None else stop_sequences(dataset, self.prompt_format)
-
-    def __call__(self, problems: list[Problem], shard_index: int) -> list[dict[str, Any]]:
-        e = self.e
-        prompts = [build_prompt(p, style=e.prompt_style, prompt_format=self.prompt_format,
-                                tokenizer=self.generator.tokenizer, num_shots=e.num_shots) for p in problems]
-        rows: list[dict[str, Any] | None] = [None] * len(problems)
-        for dataset in sorted({p.dataset for p in problems}):
-            idx = [i for i, p in enumerate(problems) if p.dataset == dataset]
-            start = time.perf_counter()
-            completions = self.generator.generate(
-                [prompts[i] for i in idx], n=1, temperature=float(e.temperature), top_p=float(e.top_p),
-                max_tokens=int(e.max_new_tokens), stop=self.stop(dataset), seed=int(e.seed) + shard_index)
-            self.generation_seconds += time.perf_counter() - start
-            outputs = [c[0] for c in completions]
-            self.generated_tokens += sum(c.num_tokens for c in outputs)
-            grades = self.grader.grade_batch(dataset, [c.text for c in outputs], [problems[i].gold for i in idx])
-            for i, completion, grade in zip(idx, outputs, grades):
-                rows[i] = prediction_row(problems[i], prompts[i], completion, grade)
-        return rows  # type: ignore[return-value]
-
-    def close(self) -> None:
-        if self._grader is not None:
-            self._grader.close()
-        if self._generator is not None:
-            self._generator.close()
-
-
-def prediction_row(problem: Problem, prompt: str, completion, grade) -> dict[str, Any]:
-    row = {"id": problem.id, "dataset": problem.dataset, "question": problem.question, "prompt": prompt,
+def prediction_row(graded: GradedProblem) -> dict[str, Any]:
+    problem, completion, grade = graded.problem, graded.completions[0], graded.grades[0]
+    row = {"id": problem.id, "dataset": problem.dataset, "question": problem.question, "prompt": graded.prompt,
            "output": completion.text, "extracted": grade.extracted, "gold": problem.gold,
            "correct": bool(grade.correct), "finish_reason": completion.finish_reason,
            "num_tokens": completion.num_tokens, "subject": problem.subject, "level": problem.level}
@@ -199,14 +142,16 @@ def run(cfg: DictConfig) -> Path:
         return output_dir
     write_manifest(output_dir, "eval", cfg, inputs, status="running", key=identity(cfg, "eval"))
 
-    evaluator = ShardEvaluator(cfg)
+    e = cfg.eval
     datasets = sorted({p.dataset for p in problems})
-    try:
-        rows = run_sharded(problems, evaluator, output_dir / SHARDS, item_id=lambda p: p.id,
-                           shard_size=int(cfg.eval.shard_size), fingerprint=shard_fingerprint(cfg, inputs),
-                           progress=bool(cfg.progress), desc=f"eval {'+'.join(datasets)}")
-    finally:
-        evaluator.close()
+    with GradedGeneration(cfg.generation, model_dir, cfg.model.prompt_format, prompt_style=e.prompt_style,
+                          num_shots=e.num_shots, n=1, temperature=e.temperature, top_p=e.top_p,
+                          max_tokens=e.max_new_tokens, seed=e.seed, grade_workers=e.grade_workers,
+                          grade_timeout_s=e.grade_timeout_s, stop=e.stop) as evaluator:
+        rows = run_sharded(problems, lambda shard, index: [prediction_row(g) for g in evaluator(shard, index)],
+                           output_dir / SHARDS, item_id=lambda p: p.id, shard_size=int(e.shard_size),
+                           fingerprint=shard_fingerprint(cfg, inputs), progress=bool(cfg.progress),
+                           desc=f"eval {'+'.join(datasets)}")
 
     metrics = compute_metrics(rows)
     metrics.update(

@@ -143,3 +143,9 @@ def stop_sequences(dataset: str, prompt_format: str = "plain") -> list[str]:
         raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
     q_label, _ = _LABELS[_check_dataset(dataset)]
     return [f"\n\n{q_label}:"]
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` cut before the earliest occurrence of any stop string, and whether one occurred."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -5,13 +5,19 @@ prompt ids   = tokenizer(prompt) with the tokenizer's special tokens (BOS) for p
                (a rendered chat template already carries them); left-truncated to max_prompt_length.
 response ids = tokenizer(response, no special tokens) + [eos]; right-truncated so prompt + response <= max_length
                (a truncated response loses its EOS, as it was cut before the model ended it).
+batch        = collate_responses: right-padded, so every row's tokens keep the positions they have alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    import torch
 
 PROMPT_FORMATS = ("plain", "chat")
 
@@ -51,3 +57,25 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, 
         room = max(max_length - len(prompt_ids), 1)
         response_ids = response_ids[:room]
     return EncodedResponse(prompt_ids, response_ids)
+
+
+def collate_responses(encoded: Sequence[EncodedResponse], pad_id: int, *,
+                      with_labels: bool = False) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids` and `attention_mask` [B, L]; with_labels also `labels`, the response tokens with -100
+    on the prompt and the padding, so that a transformers model's own loss is on the response only."""
+    import torch  # here, not at the top: prompt encoding (the generation backends' import) does not need torch
+
+    width = max(len(e.input_ids) for e in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long) if with_labels else None
+    for row, e in enumerate(encoded):
+        ids = torch.tensor(e.input_ids, dtype=torch.long)
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+        if labels is not None:
+            labels[row, len(e.prompt_ids): len(ids)] = ids[len(e.prompt_ids):]
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if labels is not None:
+        batch["labels"] = labels
+    return batch

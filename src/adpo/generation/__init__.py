@@ -4,6 +4,9 @@
     completions = gen.generate(prompts, n=4, temperature=0.7, top_p=0.95, max_tokens=512, stop=["\\n\\nQuestion:"])
     completions[i][k].text, .token_ids, .finish_reason
 
+adpo.generation.shards runs a long job shard by shard; adpo.generation.graded generates and grades one shard of
+problems (the sample and eval stages' shared work).
+
 Backends are imported lazily: importing this package does not import vLLM.
 """
 
@@ -15,11 +18,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from adpo.generation.base import Completion, Generator, truncate_at_stop
+from adpo.generation.base import Completion, Generator
 
 BACKENDS = ("vllm", "hf")
 
-__all__ = ["BACKENDS", "Completion", "Generator", "load_generator", "truncate_at_stop"]
+__all__ = ["BACKENDS", "Completion", "Generator", "load_generator"]
 
 
 def load_generator(generation_cfg: DictConfig | Mapping[str, Any], model_path: str | Path,

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from adpo.data.prompts import truncate_at_stop
 from adpo.data.tokenize import encode_prompt
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,6 @@ class Request:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """`text` cut before the earliest occurrence of any stop string, and whether one occurred."""
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 class Generator(ABC):

@@ -10,23 +10,12 @@ import logging
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from adpo.generation.base import Completion, Generator, Request
+from adpo.models import load_causal_lm, load_tokenizer, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """"auto" is bfloat16 on a GPU that supports it and float32 elsewhere (faster than bfloat16 on AVX2 CPUs)."""
-    if name in (None, "auto"):
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    dtype = getattr(torch, str(name), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"generation.dtype: unknown dtype {name!r} (use auto, float32, bfloat16 or float16)")
-    return dtype
 
 
 class _StopAndBudget(StoppingCriteria):
@@ -71,12 +60,11 @@ class HFGenerator(Generator):
         threads = cfg.get("threads")
         if threads:
             torch.set_num_threads(int(threads))
-        device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(cfg.get("device"))
         trust = bool(cfg.get("trust_remote_code", False))
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=resolve_dtype(cfg.get("dtype"), device), trust_remote_code=trust
-        ).to(device)
+        tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
+        model = load_causal_lm(model_path, dtype=cfg.get("dtype"), trust_remote_code=trust, device=device,
+                               dtype_key="generation.dtype")
         model.eval()
         max_model_len = cfg.get("max_model_len") or getattr(model.config, "max_position_embeddings", None) or 2048
         super().__init__(model_path, tokenizer, max_model_len, prompt_format)

@@ -16,9 +16,10 @@ import logging
 import os
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
 from adpo.generation.base import FINISH_REASONS, Completion, Generator, Request
+from adpo.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class VLLMGenerator(Generator):
         log.info("starting vLLM engine: %s", engine_args)
         self.llm = LLM(**engine_args)
         # The HF tokenizer, so that prompts are encoded by the same rule as in the HF backend and in training.
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust)
+        tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
         super().__init__(model_path, tokenizer, self.llm.llm_engine.model_config.max_model_len, prompt_format)
 
     def _generate(self, request: Request) -> list[list[Completion]]:

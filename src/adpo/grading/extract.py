@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from adpo.data.prompts import truncate_at_stop
+
 # Where a model that runs on starts the next exemplar: the stop sequences of adpo.data.prompts, and the same with a
 # single newline or the "Q:" layout, in case a backend did not stop exactly there.
 STOPS = {"gsm8k": ("\nQuestion:", "\nQ:"), "math": ("\nProblem:",)}
@@ -75,15 +77,6 @@ def _last_boxed(text: str) -> tuple[int, str] | None:
 
 
 _BOX_GAP = re.compile(r"[\s$,;]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad)[\s$,;]*)?")
-
-
-def truncate_at_stop(dataset: str, text: str) -> str:
-    """`text` up to where the model starts a new problem (a run-on answer's next "Question:"), if it does."""
-    for stop in STOPS.get(dataset, ()):
-        cut = text.find(stop)
-        if cut >= 0:
-            text = text[:cut]
-    return text
 
 
 # ---------------------------------------------------------------- numbers (GSM8K)
@@ -169,7 +162,7 @@ def _number_in_span(span: str, last: bool = False) -> Fraction | None:
 
 def extract_gsm8k(text: str) -> str | None:
     """The final number of a GSM8K answer in canonical form, or None when the text has no number."""
-    text = truncate_at_stop("gsm8k", text)
+    text, _ = truncate_at_stop(text, STOPS["gsm8k"])
     candidates: list[tuple[int, Fraction]] = []
     for anchor in (_ANSWER_IS, _ANSWER_COLON):
         for m in anchor.finditer(text):
@@ -211,7 +204,7 @@ def _clean_latex_answer(answer: str) -> str | None:
 
 def extract_math(text: str) -> str | None:
     """The final LaTeX answer of a MATH solution (see module doc), or None."""
-    text = truncate_at_stop("math", text)
+    text, _ = truncate_at_stop(text, STOPS["math"])
     boxed = last_boxed_content(text)
     if boxed is not None:
         return _clean_latex_answer(boxed)

@@ -80,7 +80,8 @@ def export_model(engine, tokenizer, out_dir: Path, *, base_model: str, model_kwa
         unset_hf_deepspeed_config()
         with atomic_directory(out_dir) as tmp:
             if lora_cfg is not None:
-                from adpo.training.engine import apply_lora, load_causal_lm
+                from adpo.models import load_causal_lm
+                from adpo.training.engine import apply_lora
 
                 model = apply_lora(load_causal_lm(base_model, **model_kwargs), lora_cfg)
                 model.load_state_dict(state, strict=True)

@@ -13,10 +13,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger(__name__)
+from adpo.models import lora_config
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "auto": "auto"}
+log = logging.getLogger(__name__)
 
 
 def _free_port() -> int:
@@ -95,27 +94,10 @@ def zero_stage(config: dict) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
-def load_causal_lm(name_or_path: str, *, dtype: str = "auto", trust_remote_code: bool = False,
-                   revision: str | None = None):
-    from transformers import AutoModelForCausalLM
-
-    kwargs: dict[str, Any] = {"dtype": DTYPES.get(str(dtype), dtype), "trust_remote_code": trust_remote_code}
-    if revision:
-        kwargs["revision"] = revision
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-
-
 def apply_lora(model, lora_cfg: DictConfig):
     from peft import get_peft_model
 
     return get_peft_model(model, lora_config(lora_cfg))
-
-
-def lora_config(lora_cfg: DictConfig):
-    from peft import LoraConfig
-
-    return LoraConfig(r=int(lora_cfg.r), lora_alpha=int(lora_cfg.alpha), lora_dropout=float(lora_cfg.dropout),
-                      target_modules=list(lora_cfg.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Preference pairs for training: read and validate pairs.jsonl, tokenise with the shared contract, collate batches.
+"""Preference pairs for training: read and validate pairs.jsonl (also the weights stage's reader), tokenise with the
+shared contract, collate batches.
 
 A batch stacks the chosen rows over the rejected rows ([2B, L], right-padded) so that the policy needs one forward
 per micro-batch, as in the DPO reference code. Per-token tensors that the loss needs (mask, reference log-probs,
@@ -8,15 +9,17 @@ weights) are laid out in the "shifted" frame [2B, L-1], where column j holds the
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from adpo.data.tokenize import encode_pair
+from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair
 from adpo.io import DataError, iter_jsonl, require_field
+from adpo.models import load_tokenizer
 
 PAIRS_FILE = "pairs.jsonl"
 
@@ -54,22 +57,31 @@ def _weights(obj: dict, field: str, where: str) -> list[float]:
     return [float(v) for v in values]
 
 
+def iter_pair_rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("file:line", row) for each line of a pairs.jsonl file, whole (a stage that adds fields writes them back);
+    a line without its id, prompt, chosen and rejected, or a file without pairs, raises DataError naming them."""
+    count = 0
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        require_field(obj, "id", (str, int), where)
+        for name in ("prompt", "chosen", "rejected"):
+            require_field(obj, name, str, where, non_empty=True)
+        count += 1
+        yield where, obj
+    if not count:
+        raise DataError(f"{path}: no pairs in the file")
+
+
 def read_pairs(path: str | Path, *, use_weights: bool = False) -> list[PairRecord]:
-    """Pairs from a pairs.jsonl file; any malformed line raises DataError naming file, line and field.
+    """Pairs from a pairs.jsonl file (iter_pair_rows).
 
     With use_weights, every row must carry `rejected_weights` (and may carry `chosen_weights`), as the weights stage
     writes them.
     """
     pairs = []
-    for lineno, obj in iter_jsonl(path):
-        where = f"{path}:{lineno}"
-        record = PairRecord(
-            id=str(require_field(obj, "id", (str, int), where)),
-            prompt=require_field(obj, "prompt", str, where, non_empty=True),
-            chosen=require_field(obj, "chosen", str, where, non_empty=True),
-            rejected=require_field(obj, "rejected", str, where, non_empty=True),
-            where=where,
-        )
+    for where, obj in iter_pair_rows(path):
+        record = PairRecord(id=str(obj["id"]), prompt=obj["prompt"], chosen=obj["chosen"], rejected=obj["rejected"],
+                            where=where)
         if use_weights:
             if obj.get("rejected_weights") is None:
                 raise DataError(
@@ -81,8 +93,6 @@ def read_pairs(path: str | Path, *, use_weights: bool = False) -> list[PairRecor
             record = PairRecord(**{**record.__dict__, "rejected_weights": _weights(obj, "rejected_weights", where),
                                    "chosen_weights": chosen_w, "weights_tokenizer": None if tok is None else str(tok)})
         pairs.append(record)
-    if not pairs:
-        raise DataError(f"{path}: no pairs in the file")
     return pairs
 
 
@@ -140,10 +150,8 @@ def make_batch(pairs: Sequence[TokenizedPair], reference: Sequence[tuple[torch.T
     """Collate pairs and their reference log-probs ((chosen, rejected) per pair, one value per response token)."""
     rows = [(p.prompt_ids, p.chosen_ids, ref[0], p.chosen_weights) for p, ref in zip(pairs, reference)]
     rows += [(p.prompt_ids, p.rejected_ids, ref[1], p.rejected_weights) for p, ref in zip(pairs, reference)]
-    width = max(len(prompt) + len(resp) for prompt, resp, _, _ in rows)
-    n = len(rows)
-    input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
+    padded = collate_responses([EncodedResponse(prompt, resp) for prompt, resp, _, _ in rows], pad_token_id)
+    n, width = padded["input_ids"].shape
     response_mask = torch.zeros((n, width - 1), dtype=torch.bool)
     reference_logps = torch.zeros((n, width - 1), dtype=torch.float32)
     weights = torch.ones((n, width - 1), dtype=torch.float32) if use_weights else None
@@ -151,14 +159,12 @@ def make_batch(pairs: Sequence[TokenizedPair], reference: Sequence[tuple[torch.T
         p, r = len(prompt), len(resp)
         if ref.numel() != r:
             raise ValueError(f"reference log-probs have {ref.numel()} values for a response of {r} tokens")
-        input_ids[i, : p + r] = torch.tensor(prompt + resp, dtype=torch.long)
-        attention_mask[i, : p + r] = 1
         # Token p+t is predicted by the logits at position p+t-1.
         response_mask[i, p - 1 : p - 1 + r] = True
         reference_logps[i, p - 1 : p - 1 + r] = ref
         if weights is not None and w is not None:
             weights[i, p - 1 : p - 1 + r] = torch.tensor(w, dtype=torch.float32)
-    return PairBatch(input_ids, attention_mask, response_mask, reference_logps, weights)
+    return PairBatch(padded["input_ids"], padded["attention_mask"], response_mask, reference_logps, weights)
 
 
 def check_weights_tokenizer(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizerBase, model_name: str) -> None:
@@ -171,10 +177,8 @@ def check_weights_tokenizer(records: Sequence[PairRecord], tokenizer: PreTrained
         if Path(name).resolve() == Path(model_name).resolve():
             seen[name] = True
             continue
-        from transformers import AutoTokenizer
-
         try:
-            other = AutoTokenizer.from_pretrained(name)
+            other = load_tokenizer(name)
         except Exception:  # not reachable here (hub id offline, moved directory): the length check still guards
             seen[name] = True
             continue
