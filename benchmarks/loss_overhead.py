@@ -1,15 +1,17 @@
 """What a segment loss costs over DPO in a training step: DPO vs ADPO at several granularities, side by side.
 
-    .venv/bin/python benchmarks/loss_overhead.py [--reps 12 --steps 5 --hidden 256 --layers 4 --pairs 4 --threads 1 --clock cpu]
+    .venv/bin/python benchmarks/loss_overhead.py [--reps 12 --steps 5 --hidden 256 --layers 4 --pairs 4 --threads 1 --clock cpu] [--quick]
 
-One process, one DeepSpeed engine (the train stage's: adpo.training.engine + adpo.training.step.train_step, ZeRO-0,
-fp32 on CPU or bf16 where the accelerator has it), one fixed set of micro-batches: only the loss's granularity
-changes between the sides. Every repetition runs every side (in a rotated order) for --steps optimizer steps after a
-warm-up step; a side's figure for a repetition is its median step time, and its overhead is that figure over DPO's of
-the same repetition (paired, so drift of the shared machine cancels). Reported: median and spread (min..max) over
-repetitions, plus the loss function alone (forward + backward of preference_loss on the step's [B, T] log-ratios,
-CPU time, sides interleaved), whose excess over DPO's as a share of DPO's step is the "isolated" overhead.
-"sequence" is DPO measured a second time: its overhead is the noise floor of the measurement.
+One process, what the train stage builds (adpo.training.loop.setup_training: the ZeRO-0 DeepSpeed engine, fp32 on CPU
+or bf16 where the accelerator has it, cached reference log-probs) for a random Llama and synthetic pairs (one token
+per word, so lengths are exact), and one fixed optimizer step's micro-batches: only the loss's granularity changes
+between the sides, each trained with adpo.training.step.train_step. Every repetition runs every side (in a rotated
+order) for --steps optimizer steps after a warm-up step; a side's figure for a repetition is its median step time, and
+its overhead is that figure over DPO's of the same repetition (paired, so drift of the shared machine cancels).
+Reported: median and spread (min..max) over repetitions, plus the loss function alone (forward + backward of
+preference_loss on the step's [B, T] log-ratios, CPU time, sides interleaved), whose excess over DPO's as a share of
+DPO's step is the "isolated" overhead. "sequence" is DPO measured a second time: its overhead is the noise floor of
+the measurement.
 
 Goal (the issue's): every granularity within +2% of DPO's step time. Results: a table on stdout and
 benchmarks/out/loss_overhead.json.
@@ -18,28 +20,30 @@ benchmarks/out/loss_overhead.json.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from harness import Timer, parse_args, print_environment, rotated, save_json, spread
+from synthetic import Workload, build_models, write_pairs
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 GOAL = 0.02
 SIDES = ("dpo", "sequence", "token", "static:4", "static:8", "adaptive:4")
+QUICK = {"reps": 2, "steps": 2, "hidden": 64, "layers": 2, "response_tokens": 64}
 
 
-def parse_args(argv=None):
+def arguments(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=12, help="repetitions (each runs every side)")
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps per side per repetition")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=2048, help="tokenizer vocabulary (BPE trained on synthetic text)")
+    p.add_argument("--vocab", type=int, default=2048, help="vocabulary (word-level: one token per word)")
     p.add_argument("--pairs", type=int, default=4, help="pairs per micro-batch")
     p.add_argument("--accumulation", type=int, default=1)
     p.add_argument("--prompt-tokens", type=int, default=64)
@@ -49,26 +53,29 @@ def parse_args(argv=None):
                    help="which step time the verdict uses: this process's CPU time (robust to other processes on a "
                         "shared machine) or wall time; both are reported")
     p.add_argument("--out", type=Path, default=OUT / "loss_overhead.json")
-    return p.parse_args(argv)
+    return parse_args(p, QUICK, argv)
 
 
-def synthetic_pairs(vocab_size: int, n: int, prompt_tokens: int, response_tokens: int, seed: int = 0):
-    """Random token ids (ids 3.. are ordinary tokens), responses of varied lengths ending in EOS."""
-    import torch
+def build_setup(args, work: Path):
+    """The train stage's set-up for a random Llama and pairs.jsonl of the requested lengths."""
+    from adpo.config import compose
+    from adpo.training.loop import setup_training
 
-    from adpo.training.pairs_data import TokenizedPair
-
-    g = torch.Generator().manual_seed(seed)
-    eos = 2
-
-    def ids(length):
-        return torch.randint(3, vocab_size, (length,), generator=g).tolist()
-
-    def response_length():
-        return int(torch.randint(response_tokens // 2, response_tokens + 1, (1,), generator=g))
-
-    return [TokenizedPair([1] + ids(prompt_tokens - 1), ids(response_length() - 1) + [eos],
-                          ids(response_length() - 1) + [eos]) for _ in range(n)]
+    workload = Workload(vocab_size=args.vocab, hidden=args.hidden, layers=args.layers, heads=4,
+                        prompt_words=(args.prompt_tokens - 1,) * 2,
+                        response_words=(args.response_tokens // 2 - 1, args.response_tokens - 1))
+    build_models(workload, {work / "model": 0})
+    write_pairs(workload, work / "pairs" / "pairs.jsonl", args.pairs * args.accumulation, seed=0)
+    cfg = compose("train", [
+        f"paths.root={work}", f"model.name_or_path={work / 'model'}", f"input_dir={work / 'pairs'}", "method=dpo",
+        f"model.max_prompt_length={args.prompt_tokens}",
+        f"model.max_length={args.prompt_tokens + args.response_tokens}",
+        "train=tiny", "deepspeed=zero0", f"train.micro_batch_size={args.pairs}",
+        f"train.gradient_accumulation_steps={args.accumulation}", "train.lr=1e-6", "train.warmup_ratio=0",
+        # Far more steps than are run: the learning rate barely moves during the measurement.
+        "train.max_steps=10000", "wandb=disabled", "progress=false",
+    ])
+    return setup_training(cfg)
 
 
 def loss_only_seconds(batch, granularities: dict[str, str], repeats: int = 200) -> dict[str, float]:
@@ -83,68 +90,45 @@ def loss_only_seconds(batch, granularities: dict[str, str], repeats: int = 200) 
     times: dict[str, list[float]] = {side: [] for side in granularities}
     for _ in range(repeats):
         for side, granularity in granularities.items():
-            start = time.process_time()
-            loss, _ = preference_loss(ratios[:b], ratios[b:], mask[:b], mask[b:], beta=0.1, granularity=granularity)
-            loss.mean().backward()
-            times[side].append(time.process_time() - start)
+            with Timer() as t:
+                loss, _ = preference_loss(ratios[:b], ratios[b:], mask[:b], mask[b:], beta=0.1,
+                                          granularity=granularity)
+                loss.mean().backward()
+            times[side].append(t.cpu)
     return {side: statistics.median(t) for side, t in times.items()}
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    args = arguments(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    environment = print_environment()
     import torch
 
     torch.set_num_threads(args.threads)
-    from adpo.config import compose
-    from adpo_data_prep.toy.model import build_tiny_llama
-    from adpo_data_prep.toy.tokenizer import build_tokenizer
-    from adpo.training import engine as eng
-    from adpo.training.pairs_data import make_batch
-    from adpo.training.reference import compute_reference_logps
-    from adpo.training.step import MethodSpec, train_step
+    from adpo.training.engine import zero_stage
+    from adpo.training.step import train_step
 
-    work = Path(tempfile.mkdtemp(prefix="adpo-loss-overhead-"))
-    import random
-
-    rng = random.Random(0)  # varied made-up words, so that BPE reaches the requested vocabulary
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(4000)]
-    text = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(600)]
-    tokenizer = build_tokenizer(text, work, vocab_size=args.vocab)
-    build_tiny_llama(tokenizer, work, hidden_size=args.hidden, num_layers=args.layers, num_heads=4,
-                     max_position_embeddings=args.prompt_tokens + args.response_tokens + 8)
-    vocab = len(tokenizer)
-
-    rank, world = eng.init_distributed()
-    device = eng.device()
-    cfg = compose("train", [f"paths.root={work}", f"model.name_or_path={work}", "train=tiny", "deepspeed=zero0",
-                            f"train.micro_batch_size={args.pairs}",
-                            f"train.gradient_accumulation_steps={args.accumulation}", "train.lr=1e-6",
-                            "train.warmup_ratio=0", "wandb=disabled"])
-    ds_config = eng.deepspeed_config(cfg.deepspeed, cfg.train, world)
-    pairs = synthetic_pairs(vocab, args.pairs * args.accumulation, args.prompt_tokens, args.response_tokens)
-    model = eng.load_causal_lm(str(work), dtype="float32")
-    reference = compute_reference_logps(model.to(device), pairs, pad_token_id=tokenizer.pad_token_id,
-                                        batch_size=args.pairs, device=device)
-    engine = eng.build_engine(model, cfg.train, ds_config, total_steps=10_000)
-    batches = [make_batch(pairs[i : i + args.pairs], reference[i : i + args.pairs], tokenizer.pad_token_id).to(device)
-               for i in range(0, len(pairs), args.pairs)]
-    methods = {side: MethodSpec(granularity="sequence" if side == "dpo" else side) for side in SIDES}
-    sync = getattr(torch, device.type).synchronize if device.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory(prefix="adpo-loss-overhead-") as work:  # all of it is in memory once set up
+        setup = build_setup(args, Path(work))
+    torch.set_num_threads(args.threads)
+    batches = setup.micro_batches(0)
+    methods = {side: dataclasses.replace(setup.method, granularity="sequence" if side == "dpo" else side)
+               for side in SIDES}
+    sync = torch.cuda.synchronize if setup.device.type == "cuda" else (lambda: None)
 
     def step_time(method) -> tuple[float, float]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        train_step(engine, batches, method)
-        sync()
-        return time.perf_counter() - wall, time.process_time() - cpu
+        with Timer() as t:
+            train_step(setup.engine, batches, method)
+            sync()
+        return t.wall, t.cpu
 
     for method in methods.values():  # warm-up: first calls allocate, and every code path is touched once
         step_time(method)
     per_rep = {clock: {side: [] for side in SIDES} for clock in ("wall", "cpu")}
     for rep in range(args.reps):
-        # Sides take turns step by step (in an order rotated every repetition), so drift hits them alike.
-        order = SIDES[rep % len(SIDES):] + SIDES[: rep % len(SIDES)]
+        # Sides take turns step by step, so drift hits them alike.
+        order = rotated(SIDES, rep)
         times = {side: [] for side in SIDES}
         for _ in range(args.steps):
             for side in order:
@@ -162,32 +146,32 @@ def main(argv=None) -> dict:
         rows[side] = {"loss_only_seconds": loss_only[side]}
         for clock in ("wall", "cpu"):
             mine, dpo = per_rep[clock][side], per_rep[clock]["dpo"]
-            overheads = [t / d - 1 for t, d in zip(mine, dpo)]
+            steps, overheads = spread(mine), spread([t / d - 1 for t, d in zip(mine, dpo)])
             rows[side][clock] = {
-                "step_seconds_median": statistics.median(mine), "step_seconds_min": min(mine),
-                "step_seconds_max": max(mine), "overhead_vs_dpo_median": statistics.median(overheads),
-                "overhead_vs_dpo_min": min(overheads), "overhead_vs_dpo_max": max(overheads),
+                "step_seconds_median": steps["median"], "step_seconds_min": steps["min"],
+                "step_seconds_max": steps["max"], "overhead_vs_dpo_median": overheads["median"],
+                "overhead_vs_dpo_min": overheads["min"], "overhead_vs_dpo_max": overheads["max"],
                 "per_rep_step_seconds": mine,
             }
         # The same question without the noise of whole steps: the extra loss time over DPO's, as a share of a step.
         rows[side]["isolated_overhead_vs_dpo"] = (
             (rows[side]["loss_only_seconds"] - rows["dpo"]["loss_only_seconds"])
             / rows["dpo"]["cpu"]["step_seconds_median"])
+    vocab = len(setup.tokenizer)
     result = {
         "goal_max_overhead": GOAL,
         "verdict_clock": args.clock,
         "meets_goal": all(rows[s][args.clock]["overhead_vs_dpo_median"] <= GOAL for s in SIDES),
-        "config": {**vars(args), "out": str(args.out), "vocab_size": vocab, "device": str(device),
-                   "tokens_per_step": tokens, "zero_stage": eng.zero_stage(ds_config),
-                   "bf16": bool(ds_config.get("bf16", {}).get("enabled")), "torch": torch.__version__,
-                   "platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "config": {**vars(args), "out": str(args.out), "vocab_size": vocab, "device": str(setup.device),
+                   "tokens_per_step": tokens, "zero_stage": zero_stage(setup.ds_config),
+                   "bf16": bool(setup.ds_config.get("bf16", {}).get("enabled"))},
+        "environment": environment,
         "sides": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save_json(args.out, result)
 
     print(f"\nStep time vs DPO: {args.reps} repetitions x {args.steps} steps, {args.pairs * args.accumulation} pairs "
-          f"({tokens} tokens) per step, {args.layers}x{args.hidden} Llama, vocab {vocab}, {device}, "
+          f"({tokens} tokens) per step, {args.layers}x{args.hidden} Llama, vocab {vocab}, {setup.device}, "
           f"{args.threads} threads")
     print(f"{'side':<11} {'clock':<5} {'step ms (median)':>16} {'min..max':>17} {'overhead (median)':>17} "
           f"{'min..max':>17} {'loss alone ms':>13} {'isolated':>9}")

@@ -1,6 +1,6 @@
-"""The training run, start to end, in one place: pairs -> cached reference log-probs -> DeepSpeed engine -> steps
-(with logging and checkpoints) -> output_dir/model. Every rank runs this function; only rank 0 writes logs,
-wandb and the model.
+"""The training run, start to end: pairs -> cached reference log-probs -> DeepSpeed engine (setup_training) -> steps
+with logging and checkpoints -> output_dir/model (the loop of train()). Every rank runs train(); only rank 0 writes
+logs, wandb and the model.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import logging
 import math
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,24 +22,16 @@ from tqdm.auto import tqdm
 
 from adpo.io import atomic_write_jsonl, atomic_write_text, file_sha256
 from adpo.manifest import config_hash, identity
+from adpo.models import load_causal_lm, load_tokenizer
 from adpo.training import checkpoint, engine as eng
-from adpo.training.pairs_data import PAIRS_FILE, check_weights_tokenizer, make_batch, read_pairs, tokenize_pairs
+from adpo.training.pairs_data import (PAIRS_FILE, PairBatch, TokenizedPair, check_weights_tokenizer, make_batch,
+                                      read_pairs, tokenize_pairs)
 from adpo.training.preemption import StopRequest
-from adpo.training.reference import cache_key, model_fingerprint, reference_logps
+from adpo.training.reference import ReferenceLogps, cache_key, model_fingerprint, reference_logps
 from adpo.training.schedule import DataSchedule
 from adpo.training.step import MethodSpec, train_step
 
 log = logging.getLogger(__name__)
-
-
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token_id is None:
-        # Padding is masked out everywhere; any id will do, and EOS is what DPO trainers commonly use.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 class MetricWindow:
@@ -99,11 +93,42 @@ def resume_hash(cfg: DictConfig) -> str:
     return config_hash(identity(cfg, "train", also_not_hashed=[f"train.{k}" for k in BOOKKEEPING_KEYS]))
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train the policy on cfg.input_dir/pairs.jsonl; returns a summary (rank 0's is written to the manifest)."""
+@dataclass
+class TrainingSetup:
+    """Everything a run builds before its first step: train() builds it with setup_training, and so do the benchmarks,
+    which then time the real step on it."""
+
+    tokenizer: Any
+    pairs: list[TokenizedPair]
+    reference: ReferenceLogps
+    reference_cache: Path
+    reference_seconds: float  # computing the reference log-probs (about 0 when the cache was reused)
+    method: MethodSpec
+    schedule: DataSchedule
+    total_steps: int
+    ds_config: dict
+    model_kwargs: dict
+    lora: bool
+    engine: Any
+    rank: int
+    world: int
+    device: torch.device
+    progress: bool
+    # Kept alive for the whole run under ZeRO-3: transformers holds only a weak reference to it.
+    hf_deepspeed_config: Any = None
+
+    def micro_batches(self, step: int) -> list[PairBatch]:
+        """This rank's micro-batches of optimizer step `step` (0-based), on the device."""
+        return [make_batch([self.pairs[i] for i in idx], [self.reference[i] for i in idx], self.tokenizer.pad_token_id,
+                           use_weights=self.method.use_weights).to(self.device)
+                for idx in self.schedule.micro_batches(step, self.rank)]
+
+
+def setup_training(cfg: DictConfig) -> TrainingSetup:
+    """Tokenised pairs, cached reference log-probs, the policy (with gradient checkpointing and LoRA as configured) in
+    its DeepSpeed engine, and the data schedule: all that the loop of train() needs."""
     tcfg, mcfg = cfg.train, cfg.model
     method = MethodSpec.from_cfg(cfg.method)
-    output_dir = Path(cfg.output_dir)
     pairs_path = Path(cfg.input_dir) / PAIRS_FILE
     progress = bool(cfg.get("progress", True)) and eng.env_rank() == 0
     if not progress:
@@ -142,21 +167,25 @@ def train(cfg: DictConfig) -> dict:
     ref_dtype = "bfloat16" if bf16 else model_kwargs["dtype"]
     key, meta = cache_key(model=model_fingerprint(ref_name, mcfg.get("revision")), dtype=ref_dtype,
                           tokenization=tokenization, pairs_sha256=file_sha256(pairs_path))
-    cache_dir = Path(tcfg.get("reference_cache_dir") or Path(cfg.input_dir) / "reference_logps")
+    cache_path = Path(tcfg.get("reference_cache_dir") or Path(cfg.input_dir) / "reference_logps") / f"{key}.pt"
+    started = time.perf_counter()
     reference, cached = reference_logps(
-        pairs, cache_path=cache_dir / f"{key}.pt", meta=meta, pad_token_id=tokenizer.pad_token_id,
+        pairs, cache_path=cache_path, meta=meta, pad_token_id=tokenizer.pad_token_id,
         batch_size=int(tcfg.reference_batch_size), device=device, progress=progress,
-        load_model=lambda: eng.load_causal_lm(ref_name, **{**model_kwargs, "dtype": ref_dtype}).to(device),
+        load_model=lambda: load_causal_lm(ref_name, **{**model_kwargs, "dtype": ref_dtype}).to(device),
     )
-    log.info("reference log-probs %s %s", "reused from" if cached else "cached in", cache_dir / f"{key}.pt")
+    reference_seconds = time.perf_counter() - started
+    log.info("reference log-probs %s %s (%.1f s)", "reused from" if cached else "cached in", cache_path,
+             reference_seconds)
 
     # --- policy and engine --------------------------------------------------------------------------------------
+    hf_ds_config = None
     if eng.zero_stage(ds_config) == 3:
         # Load the policy already partitioned (zero.Init), as a model too big for one device must be.
         from transformers.integrations.deepspeed import HfDeepSpeedConfig
 
-        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841  (kept alive: transformers holds a weak reference)
-    model = eng.load_causal_lm(mcfg.name_or_path, **model_kwargs)
+        hf_ds_config = HfDeepSpeedConfig(ds_config)
+    model = load_causal_lm(mcfg.name_or_path, **model_kwargs)
     if tcfg.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = bool(tcfg.lora.enabled)
@@ -165,12 +194,27 @@ def train(cfg: DictConfig) -> dict:
             model.enable_input_require_grads()
         model = eng.apply_lora(model, tcfg.lora)
     engine = eng.build_engine(model, tcfg, ds_config, total_steps)
+    return TrainingSetup(tokenizer=tokenizer, pairs=pairs, reference=reference, reference_cache=cache_path,
+                         reference_seconds=reference_seconds, method=method, schedule=schedule,
+                         total_steps=total_steps, ds_config=ds_config, model_kwargs=model_kwargs, lora=lora,
+                         engine=engine, rank=rank, world=world, device=device, progress=progress,
+                         hf_deepspeed_config=hf_ds_config)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train the policy on cfg.input_dir/pairs.jsonl; returns a summary (rank 0's is written to the manifest)."""
+    setup = setup_training(cfg)
+    tcfg, mcfg = cfg.train, cfg.model
+    engine, schedule, method, total_steps = setup.engine, setup.schedule, setup.method, setup.total_steps
+    rank, world = setup.rank, setup.world
+    output_dir = Path(cfg.output_dir)
 
     # --- resume -------------------------------------------------------------------------------------------------
     ckpt_dir = output_dir / "checkpoints"
     run_hash = resume_hash(cfg)
     step = 0
-    client_state = checkpoint.resume(engine, ckpt_dir, frozen_excluded=lora) if tcfg.get("resume", True) else None
+    client_state = (checkpoint.resume(engine, ckpt_dir, frozen_excluded=setup.lora) if tcfg.get("resume", True)
+                    else None)
     if client_state is not None:
         if client_state.get("config_hash") != run_hash:
             raise RuntimeError(f"{ckpt_dir} holds checkpoints of another configuration (hash "
@@ -198,15 +242,13 @@ def train(cfg: DictConfig) -> dict:
     window = MetricWindow()
     last: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name} {method.granularity}",
-               disable=not progress, unit="step", dynamic_ncols=True)
+               disable=not setup.progress, unit="step", dynamic_ncols=True)
     save_every, log_every = int(tcfg.save_every or 0), max(int(tcfg.log_every or 1), 1)
     stop = StopRequest()
     while step < total_steps:
         # Dropout masks depend only on (seed, step, rank): a resumed run draws what an uninterrupted one would.
         torch.manual_seed(int(tcfg.seed) * 1_000_003 + step * 1009 + rank)
-        batches = [make_batch([pairs[i] for i in idx], [reference[i] for i in idx], tokenizer.pad_token_id,
-                              use_weights=method.use_weights).to(device)
-                   for idx in schedule.micro_batches(step, rank)]
+        batches = setup.micro_batches(step)
         learning_rate = float(engine.get_lr()[0])  # the rate this step trains with
         started = time.perf_counter()
         metrics = train_step(engine, batches, method)
@@ -228,7 +270,7 @@ def train(cfg: DictConfig) -> dict:
         stopping = step < total_steps and stop.agreed(world)
         if stopping or step == total_steps or (save_every and step % save_every == 0):
             checkpoint.save(engine, ckpt_dir, step, {"config_hash": run_hash}, keep=int(tcfg.keep_checkpoints),
-                            frozen_excluded=lora)
+                            frozen_excluded=setup.lora)
         if stopping:
             bar.close()
             log.warning("saved step %d of %d to %s; rerun the same command (or requeue) to resume", step,
@@ -241,11 +283,11 @@ def train(cfg: DictConfig) -> dict:
     gc.unfreeze()
 
     # --- the model for the eval stage ---------------------------------------------------------------------------
-    checkpoint.export_model(engine, tokenizer, output_dir / "model", base_model=mcfg.name_or_path,
-                            model_kwargs=model_kwargs, lora_cfg=tcfg.lora if lora else None)
+    checkpoint.export_model(engine, setup.tokenizer, output_dir / "model", base_model=mcfg.name_or_path,
+                            model_kwargs=setup.model_kwargs, lora_cfg=tcfg.lora if setup.lora else None)
     if wandb_run is not None:
         wandb_run.summary.update({f"final/{k}": v for k, v in last.items()})
         wandb_run.finish()
-    return {"rank": rank, "world_size": world, "steps": total_steps, "pairs": len(pairs),
-            "reference_cache": str(cache_dir / f"{key}.pt"), "final_metrics": last,
-            "deepspeed": OmegaConf.to_container(OmegaConf.create(ds_config))}
+    return {"rank": rank, "world_size": world, "steps": total_steps, "pairs": len(setup.pairs),
+            "reference_cache": str(setup.reference_cache), "final_metrics": last,
+            "deepspeed": OmegaConf.to_container(OmegaConf.create(setup.ds_config))}
