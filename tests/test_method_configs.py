@@ -118,3 +118,9 @@ def test_a_new_method_config_reaches_training_evaluation_and_every_table(tmp_pat
     comp = pd.read_csv(results / "comparisons.csv")
     assert {("IPO", "DPO"), ("IPO", "IPO (static:4)"), ("ADPO", "IPO")} <= set(zip(comp["A"], comp["B"]))
     assert "IPO" in (results / "tables.md").read_text()
+
+
+def test_an_unknown_segment_loss_fails_when_training_starts():
+    with pytest.raises(ValueError, match="method.segment_loss.*'hinge'"):
+        MethodSpec.from_cfg(compose("train", ["method=adpo", "method.segment_loss=hinge"]).method)
+    assert MethodSpec.from_cfg(compose("train", ["method=dpo"]).method).segment_loss == "sigmoid"

@@ -5,7 +5,7 @@
     metrics = train_step(engine, [batch.to(device)], method)   # one optimizer step over the micro-batches
 
 compute_loss is the whole objective: one forward over chosen + rejected, per-token log-ratios against the cached
-reference, and adpo.losses.preference_loss with the method's beta, granularity, length mode and reduction.
+reference, and adpo.losses.preference_loss with the method's beta, granularity, length mode, reduction and segment loss.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adpo.losses import preference_loss
+from adpo.losses import get_segment_loss, preference_loss
 from adpo.segments import parse_granularity
 from adpo.training.logps import batch_token_logps
 from adpo.training.pairs_data import PairBatch
@@ -40,13 +40,17 @@ class MethodSpec:
     length_mode: str = "max"
     reduction: str = "sum"
     use_weights: bool = False
+    segment_loss: str = "sigmoid"
 
     @classmethod
     def from_cfg(cls, method: Mapping) -> MethodSpec:
         spec = cls(beta=float(method["beta"]), granularity=str(method["granularity"]),
                    length_mode=str(method.get("length_mode", "max")), reduction=str(method.get("reduction", "sum")),
-                   use_weights=bool(method.get("use_weights", False)))
-        parse_granularity(spec.granularity)  # fail at start-up, not at the first step
+                   use_weights=bool(method.get("use_weights", False)),
+                   segment_loss=str(method.get("segment_loss", "sigmoid")))
+        # Fail at start-up, not at the first step.
+        parse_granularity(spec.granularity)
+        get_segment_loss(spec.segment_loss)
         return spec
 
 
@@ -65,6 +69,7 @@ def compute_loss(model, batch: PairBatch, method: MethodSpec) -> tuple[torch.Ten
         rejected_weights=None if weights is None else weights[b:],
         length_mode=method.length_mode,
         reduction=method.reduction,
+        segment_loss=method.segment_loss,
     )
     loss = losses.mean()
     with torch.no_grad():
