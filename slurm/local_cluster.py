@@ -133,7 +133,13 @@ class LocalCluster:
         return alive
 
     def node_state(self) -> str | None:
-        result = self._run(["sinfo", "-h", "-n", "localhost", "-o", "%t"], check=False, timeout=10)
+        # Without its controller, sinfo retries until its timeout: a stopped cluster has no node state to ask for.
+        if "slurmctld" not in self.pids():
+            return None
+        try:
+            result = self._run(["sinfo", "-h", "-n", "localhost", "-o", "%t"], check=False, timeout=10)
+        except subprocess.TimeoutExpired:
+            return None
         return result.stdout.strip() or None if result.returncode == 0 else None
 
     # --- lifecycle -------------------------------------------------------------------------------------------------

@@ -4,9 +4,12 @@ templates' requeue on preemption, and the dry run. The cluster is installed (apt
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,6 +116,32 @@ def test_submit_chain_dry_run_chains_stages_with_dependencies():
     listed = subprocess.run(["bash", "slurm/submit_chain.sh", "--dry-run", "--from", "weights", "method=adpo",
                              "method.use_weights=true"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "adpo-weights" in listed.stdout
+
+
+def test_the_readmes_local_cluster_commands_start_use_and_stop_a_cluster(slurm):
+    # A second cluster beside the fixture's (ports are picked free), through the README's commands as written.
+    root = Path(tempfile.mkdtemp(prefix="adpo-readme-slurm-", dir="/tmp"))
+    root.chmod(0o755)  # munged (user munge) must reach its socket directory
+    env = {**os.environ, "ADPO_SLURM_DIR": str(root), "ADPO_PYTHON": PYTHON}
+
+    def script(command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    try:
+        up = script('slurm/local_cluster.sh start && eval "$(slurm/local_cluster.sh env)" && sinfo -h -o %P '
+                    '&& slurm/local_cluster.sh status')
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
+        assert re.search(r"^debug\*?$", up.stdout, re.M), up.stdout  # sinfo reached this cluster's controller
+        status = json.loads(up.stdout[up.stdout.index("{"):])
+        assert status["root"] == str(root) and status["node"] and {"slurmctld", "slurmd"} <= set(status["daemons"])
+    finally:
+        down = script("slurm/local_cluster.sh stop")
+        after = script("slurm/local_cluster.sh status", timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+    assert down.returncode == 0, down.stderr[-2000:]
+    # Stopped: status answers at once that nothing runs (no sinfo waiting for a controller that is gone).
+    assert after.returncode == 1 and json.loads(after.stdout)["daemons"] == {}
 
 
 # --- real sweeps on the local cluster ----------------------------------------------------------------------------
