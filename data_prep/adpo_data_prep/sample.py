@@ -77,11 +77,10 @@ def run(cfg: DictConfig) -> Path:
     problems = select_problems(read_problems(problems_file), s.max_problems)
     if not problems:
         raise DataError(f"{problems_file}: no problems")
-    # A 'running' manifest marks the directory as unfinished until the last shard is in (the pairs stage checks).
-    write_manifest(output_dir, "sample", cfg, inputs, status="running", key=identity(cfg, "sample"))
-
     if s.prompt_in_rows not in PROMPT_IN_ROWS:
         raise ValueError(f"sampling.prompt_in_rows must be one of {PROMPT_IN_ROWS}, got {s.prompt_in_rows!r}")
+    # A 'running' manifest marks the directory as unfinished until the last shard is in (the pairs stage checks).
+    write_manifest(output_dir, "sample", cfg, inputs, status="running", key=identity(cfg, "sample"))
     with GradedGeneration(cfg.generation, model_path, cfg.model.prompt_format, prompt_style=s.prompt_style,
                           num_shots=s.num_shots, n=s.n, temperature=s.temperature, top_p=s.top_p,
                           max_tokens=s.max_tokens, seed=s.seed, grade_workers=s.grade_workers,
@@ -95,7 +94,8 @@ def run(cfg: DictConfig) -> Path:
     print(f"sample: {summary['samples']} samples of {summary['questions']} questions -> {output_dir}: "
           f"accuracy {summary['sample_accuracy']:.3f}, no answer {summary['no_answer_rate']:.3f}, "
           f"cut at max_tokens {summary['truncated_rate']:.3f}", flush=True)
-    write_manifest(output_dir, "sample", cfg, inputs, key=identity(cfg, "sample"), outputs={"shards": "shard-*.jsonl", **summary})
+    write_manifest(output_dir, "sample", cfg, inputs, key=identity(cfg, "sample"),
+                   outputs={"shards": "shard-*.jsonl", **summary})
     return output_dir
 
 

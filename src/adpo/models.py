@@ -1,8 +1,9 @@
-"""Models and tokenizers, loaded the same way by every stage: one dtype rule, one loader, one tokenizer, one LoRA layout.
+"""Models and tokenizers, loaded the same way by every stage: one dtype rule, one loader, one tokenizer, one LoRA
+layout.
 
     load_causal_lm(name_or_path, dtype="auto", device=...)   a directory or hub id, in the dtype the config names
     load_tokenizer(name_or_path)                              with a pad token (EOS when the model has none)
-    lora_config(cfg.train.lora)                               the peft LoraConfig of a {r, alpha, dropout, target_modules}
+    lora_config(cfg.train.lora)                               peft's LoraConfig of {r, alpha, dropout, target_modules}
 
 dtype "auto" is bfloat16 on a CUDA GPU that supports it and float32 elsewhere: float32 is the faster on AVX2 CPUs, and
 transformers' own "auto" (the checkpoint's dtype) would run a bfloat16 hub model at CPU bfloat16 speed.

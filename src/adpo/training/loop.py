@@ -156,7 +156,8 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     total_steps = int(tcfg.max_steps) if tcfg.get("max_steps") else int(tcfg.epochs) * schedule.steps_per_epoch
     ds_config = eng.deepspeed_config(cfg.deepspeed, tcfg, world)
     bf16 = bool(ds_config.get("bf16", {}).get("enabled", False))
-    model_kwargs = {"dtype": str(mcfg.get("dtype", "auto")), "trust_remote_code": bool(mcfg.get("trust_remote_code", False)),
+    model_kwargs = {"dtype": str(mcfg.get("dtype", "auto")),
+                    "trust_remote_code": bool(mcfg.get("trust_remote_code", False)),
                     "revision": mcfg.get("revision")}
     log.info("%d pairs, %d ranks, global batch %d, %d steps (%d per epoch), method %s %s, ZeRO-%d%s",
              len(pairs), world, schedule.global_batch, total_steps, schedule.steps_per_epoch, cfg.method.name,
