@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from adpo.config_diff import OutputConflict
 from adpo.generation.shards import iter_shard_rows, run_sharded, shard_path
 
 ITEMS = [{"id": f"q{i}", "x": i} for i in range(10)]
@@ -61,16 +62,50 @@ def test_failed_run_resumes_at_the_first_missing_shard(tmp_path):
     assert run(tmp_path, again) == rows and again.calls == []
 
 
-@pytest.mark.parametrize("change", [dict(fingerprint="b"), dict(shard_size=4), dict(items=ITEMS[:7])])
-def test_shards_made_for_other_work_are_redone(tmp_path, change):
+def test_shards_of_the_same_work_at_another_shard_size_are_redone(tmp_path):
     run(tmp_path, Recorder())
     redo = Recorder()
-    rows = run(tmp_path, redo, **change)
-    items = change.get("items", ITEMS)
-    size = change.get("shard_size", 3)
-    assert redo.calls == list(range(-(-len(items) // size)))
-    assert rows == expected_rows(items)
-    assert len(list(tmp_path.glob("shard-*.jsonl"))) == len(redo.calls)
+    rows = run(tmp_path, redo, shard_size=4)
+    assert redo.calls == [0, 1, 2]
+    assert rows == expected_rows()
+    assert len(list(tmp_path.glob("shard-*.jsonl"))) == 3
+
+
+# Until issue 10 these were deleted and redone ("starting over"); shards made for other work are now kept.
+@pytest.mark.parametrize("change, differs", [(dict(fingerprint="b"), "fingerprint: a -> b"),
+                                             (dict(items=ITEMS[:7]), "items.count: 10 -> 7")])
+def test_shards_made_for_other_work_stop_the_run_and_stay(tmp_path, change, differs):
+    run(tmp_path, Recorder())
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("shard-*.jsonl")}
+    redo = Recorder()
+    with pytest.raises(OutputConflict, match=differs) as refused:
+        run(tmp_path, redo, **change)
+    assert str(tmp_path) in str(refused.value) and redo.calls == []
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("shard-*.jsonl")} == before
+
+
+def test_a_recorded_fingerprint_dict_names_the_keys_that_differ(tmp_path):
+    made_for = {"stage": "sample", "config": {"model": {"name_or_path": "/a"}, "sampling": {"temperature": 1.0}}}
+    run(tmp_path, Recorder(), fingerprint=made_for)
+    other = {"stage": "sample", "config": {"model": {"name_or_path": "/b"}, "sampling": {"temperature": 1.0}}}
+    with pytest.raises(OutputConflict, match="model.name_or_path: /a -> /b"):
+        run(tmp_path, Recorder(), fingerprint=other)
+    again = Recorder()
+    assert run(tmp_path, again, fingerprint=made_for) == expected_rows() and again.calls == []
+
+
+def test_a_plan_that_recorded_only_a_hash_resumes_its_own_config_and_refuses_others(tmp_path):
+    made_for = {"stage": "eval", "config": {"eval": {"num_shots": 2}}}
+    with pytest.raises(RuntimeError, match="killed"):
+        run(tmp_path, Recorder(fail_at=1), fingerprint=made_for)
+    plan = json.loads((tmp_path / "shards.json").read_text())
+    del plan["made_for"]  # as written before configs were recorded
+    (tmp_path / "shards.json").write_text(json.dumps(plan))
+    with pytest.raises(OutputConflict, match="stored config is unknown"):
+        run(tmp_path, Recorder(), fingerprint={"stage": "eval", "config": {"eval": {"num_shots": 4}}})
+    resumed = Recorder()
+    assert run(tmp_path, resumed, fingerprint=made_for) == expected_rows() and resumed.calls == [1, 2, 3]
+    assert "made_for" in json.loads((tmp_path / "shards.json").read_text())
 
 
 def test_bad_arguments(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 
 from adpo.config import compose
 from adpo.pipeline import expand_runs, plan, stage_overrides
+from adpo.run_dirs import OutputDirCollision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,11 +90,24 @@ def test_toy_study_beta_reuses_the_toy_studys_data_and_adds_runs_of_its_own(tmp_
     assert follow_up[-1].config.output_dir == study[-1].config.output_dir  # one aggregate over both
 
 
-def test_runs_that_share_a_directory_are_refused(tmp_path):
-    overrides = ["experiment=quickstart", f"paths.root={tmp_path}"]
+def test_runs_that_would_share_a_directory_are_tagged_or_refused(tmp_path):
+    overrides = ["experiment=quickstart", f"paths.root={tmp_path}", "pipeline.base_eval=false"]
     cfg = pipeline_cfg(*overrides, "pipeline.runs=[{method:dpo},{method:dpo,train.lr:1e-5}]")
-    with pytest.raises(ValueError, match="share a run_name"):
+    trains = [s for s in plan(cfg, overrides) if s.stage == "train"]
+    # The quickstart's lr (train=tiny) against 1e-5: each run's name shows its own.
+    assert [s.label for s in trains] == [f"dpo-sequence-lr{trains[0].config.train.lr}-s0", "dpo-sequence-lr1e-05-s0"]
+    same = pipeline_cfg(*overrides, "pipeline.runs=[{method:dpo},{method:dpo,seed:0}]")
+    with pytest.raises(OutputDirCollision, match="the same job"):
+        plan(same, overrides)
+
+
+def test_two_data_chains_writing_one_directory_are_refused(tmp_path):
+    # Samples per seed (data_keys), but paths.samples left without ${seed}: both chains would write one directory.
+    overrides = ["experiment=quickstart", f"paths.root={tmp_path}"]
+    cfg = pipeline_cfg(*overrides, "pipeline.data_keys=[seed]", "pipeline.runs=[{seed:0},{seed:1}]")
+    with pytest.raises(OutputDirCollision, match=r"sample: 2 jobs would share") as refused:
         plan(cfg, overrides)
+    assert "seed=0" in str(refused.value) and "seed=1" in str(refused.value)
 
 
 def test_runs_and_sweeps_expand_in_order():

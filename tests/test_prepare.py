@@ -45,9 +45,14 @@ def test_prepare_from_the_command_line_and_skip_when_done(tmp_path):
     assert again.returncode == 0 and "skipping" in again.stdout + again.stderr
     assert (out / "test.jsonl").stat().st_mtime_ns == mtime
 
-    bigger = prepare_cli(tmp_path, "data=gsm8k_local", "data.limit=30")  # the data config does
-    assert bigger.returncode == 0, bigger.stderr
-    assert len(read_problems(out / "test.jsonl")) == 30
+    # The data config does: problems prepared for another config are never replaced (the stages after them were
+    # made from them); the error names both values and the way out.
+    bigger = prepare_cli(tmp_path, "data=gsm8k_local", "data.limit=30")
+    assert bigger.returncode != 0 and "data.limit: 20 -> 30" in bigger.stderr and "paths.data" in bigger.stderr
+    assert (out / "test.jsonl").stat().st_mtime_ns == mtime and len(read_problems(out / "test.jsonl")) == 20
+    elsewhere = prepare_cli(tmp_path / "bigger", "data=gsm8k_local", "data.limit=30")
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert len(read_problems(tmp_path / "bigger" / "data" / "test.jsonl")) == 30
 
 
 @pytest.mark.real_data

@@ -4,6 +4,7 @@ of keys known not to change its output. A key nobody has listed (a new method op
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -66,9 +67,13 @@ def test_unknown_method_or_train_key_reruns_the_train_stage(tmp_path, tiny_model
         assert not is_finished(step(extra)), extra
         assert not is_complete(out, identity(compose("train", base + [extra]), "train"),
                                list(finished["inputs"])), extra
-    # And the stage itself agrees: it does not skip; it refuses to resume the other configuration's checkpoints...
-    refused = run_train(base + ["+method.loss_type=ipo"], check=False)
-    assert refused.returncode != 0 and "checkpoints of another configuration" in refused.stderr
-    # ... and trains anew when told to start over.
-    run_train(base + ["+method.loss_type=ipo", "train.resume=false"])
+    # And the stage itself agrees: it does not skip; it refuses to resume or overwrite the other configuration's run,
+    # naming the key (issue 10: train.resume=false used to train anew over it)...
+    for extra in ([], ["train.resume=false"]):
+        refused = run_train(base + ["+method.loss_type=ipo", *extra], check=False)
+        assert refused.returncode != 0 and "method.loss_type: (none) -> ipo" in refused.stderr, extra
+    assert json.loads((out / "manifest.json").read_text()) == finished
+    # ... and trains anew once that run is deleted.
+    shutil.rmtree(out)
+    run_train(base + ["+method.loss_type=ipo"])
     assert json.loads((out / "manifest.json").read_text())["config_hash"] != finished["config_hash"]

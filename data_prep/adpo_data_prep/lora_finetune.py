@@ -58,18 +58,25 @@ def load_adapter(model, name: str, path: str | Path) -> PeftModel:
     return PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
 
 
-def saved_adapter_key(path: str | Path) -> str | None:
+def saved_adapter_info(path: str | Path) -> dict | None:
+    """train_info.json of the adapter saved in `path`: its key, what it was made for (when recorded), its report."""
     info = Path(path) / TRAIN_INFO
     if not info.is_file():
         return None
     try:
-        return json.loads(info.read_text()).get("key")
+        return json.loads(info.read_text())
     except json.JSONDecodeError:
         return None
 
 
+def saved_adapter_key(path: str | Path) -> str | None:
+    return (saved_adapter_info(path) or {}).get("key")
+
+
 def save_adapter(model: PeftModel, name: str, path: str | Path, info: dict) -> Path:
-    """Adapter `name` into `path` (replaced whole, never half-written), with train_info.json (its key, losses)."""
+    """Adapter `name` into `path` (replaced whole, never half-written), with train_info.json (its key, losses).
+
+    The caller replaces only an adapter of its own key: one made for other inputs stops the weights stage first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:

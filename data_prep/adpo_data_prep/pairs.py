@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
+from adpo.config_diff import check_manifest
 from adpo.data.records import Problem
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
 from adpo.manifest import identity, is_complete, read_manifest, write_manifest
@@ -99,6 +101,11 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def made_for(config: Any, inputs: Mapping[str, str]) -> dict[str, Any]:
+    """What pairs are made for (compared with a manifest's record): the identity and the samples."""
+    return {**identity(config, "pairs"), "inputs": dict(inputs)}
+
+
 def run(cfg: DictConfig) -> Path:
     samples_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
     inputs = samples_inputs(samples_dir)
@@ -107,6 +114,8 @@ def run(cfg: DictConfig) -> Path:
     if is_complete(output_dir, identity(cfg, "pairs"), inputs):
         log.info("pairs: %s is complete for this config and these samples; nothing to do", output_dir)
         return output_dir / "pairs.jsonl"
+    # Pairs of other samples or settings are never replaced: training runs and cDPO weights were made from them.
+    check_manifest(output_dir, made_for, cfg, inputs, option="paths.pairs")
     samples_manifest = check_samples_finished(samples_dir)
 
     samples = read_samples(samples_dir)

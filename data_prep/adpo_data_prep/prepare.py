@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
+from adpo.config_diff import check_manifest
 from adpo.data.loaders import data_splits, load_problems, resolve_local_path, split_spec
 from adpo.data.records import write_problems
 from adpo.io import DataError
@@ -39,6 +42,11 @@ def data_inputs(data_cfg) -> list[str]:
     return inputs
 
 
+def made_for(config: Any, inputs: Mapping[str, str]) -> dict[str, Any]:
+    """What prepared problems are made for (compared with a manifest's record): the identity and the sources."""
+    return {**identity(config, "prepare"), "inputs": dict(inputs)}
+
+
 def run(cfg: DictConfig) -> Path:
     output_dir = Path(cfg.output_dir)
     inputs = data_inputs(cfg.data)
@@ -46,6 +54,8 @@ def run(cfg: DictConfig) -> Path:
     if is_complete(output_dir, key, inputs):
         log.info("prepare: %s is complete, skipping", output_dir)
         return output_dir
+    # Problems prepared from other data or settings are never replaced: the stages after them were made from them.
+    check_manifest(output_dir, made_for, cfg, inputs, option="paths.data")
     splits = data_splits(cfg.data)
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:

@@ -2,34 +2,50 @@
 
 Each shard (sampling.shard_size questions) is generated, graded and written atomically by adpo.generation.shards;
 a killed run resumes at the first missing shard, and shard i is always drawn with seed `sampling.seed + i`, so a
-resumed run writes what an uninterrupted one would. The model is loaded only when a shard is left to do.
+resumed run writes what an uninterrupted one would. The model is loaded only when a shard is left to do. Samples
+made under another config (model, sampling settings) or for other problems are never deleted or overwritten: the
+stage stops with adpo.config_diff.OutputConflict, naming what differs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
+from adpo.config_diff import check_manifest
 from adpo.data.records import Problem, read_problems
 from adpo.generation.graded import GradedGeneration, GradedProblem
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json
-from adpo.manifest import config_hash, fingerprint, identity, is_complete, write_manifest
+from adpo.manifest import fingerprint, identity, is_complete, write_manifest
 
 log = logging.getLogger(__name__)
 PROMPT_IN_ROWS = ("all", "first")
+OUTPUT_OPTION = "paths.samples"  # the key that names output_dir, offered when it holds another config's samples
 
 
-def shard_fingerprint(cfg: DictConfig, problems_file: Path) -> str:
-    """Everything that decides a shard's rows; other config changes (method, train...) keep finished shards."""
-    # The plan's item ids say which problems; grading workers do not change a grade.
-    key = identity(cfg, "sample", also_not_hashed=("sampling.max_problems", "sampling.grade_workers"))
-    return config_hash({**key, "problems": fingerprint(problems_file)})
+# The plan's item ids say which problems; grading workers do not change a grade.
+NOT_IN_SHARD_FINGERPRINT = ("sampling.max_problems", "sampling.grade_workers")
+
+
+def work_identity(config: Any) -> dict[str, Any]:
+    """What decides the samples (a DictConfig, or a manifest's recorded config); other config changes (method,
+    train...) keep finished shards."""
+    return identity(config, "sample", also_not_hashed=NOT_IN_SHARD_FINGERPRINT)
+
+
+def shard_made_for(cfg: DictConfig, problems_file: Path) -> dict[str, Any]:
+    """Everything that decides a shard's rows, recorded with the shards (its hash is their fingerprint)."""
+    return {**work_identity(cfg), "problems": fingerprint(problems_file)}
+
+
+def manifest_made_for(config: Any, inputs: Mapping[str, str]) -> dict[str, Any]:
+    return {**work_identity(config), "inputs": dict(inputs)}
 
 
 def sample_rows(graded: Sequence[GradedProblem], prompt_in_rows: str) -> list[dict[str, Any]]:
@@ -79,16 +95,21 @@ def run(cfg: DictConfig) -> Path:
         raise DataError(f"{problems_file}: no problems")
     if s.prompt_in_rows not in PROMPT_IN_ROWS:
         raise ValueError(f"sampling.prompt_in_rows must be one of {PROMPT_IN_ROWS}, got {s.prompt_in_rows!r}")
-    # A 'running' manifest marks the directory as unfinished until the last shard is in (the pairs stage checks).
-    write_manifest(output_dir, "sample", cfg, inputs, status="running", key=identity(cfg, "sample"))
+    # Before anything is written: samples of another model or settings in output_dir are never replaced.
+    check_manifest(output_dir, manifest_made_for, cfg, inputs, option=OUTPUT_OPTION)
+
+    def mark_running() -> None:
+        # Unfinished until the last shard is in (the pairs stage checks); written once the shards are known ours.
+        write_manifest(output_dir, "sample", cfg, inputs, status="running", key=identity(cfg, "sample"))
+
     with GradedGeneration(cfg.generation, model_path, cfg.model.prompt_format, prompt_style=s.prompt_style,
                           num_shots=s.num_shots, n=s.n, temperature=s.temperature, top_p=s.top_p,
                           max_tokens=s.max_tokens, seed=s.seed, grade_workers=s.grade_workers,
                           grade_timeout_s=s.grade_timeout_s) as graded:
         rows = run_sharded(problems, lambda shard, index: sample_rows(graded(shard, index), s.prompt_in_rows),
                            output_dir, item_id=lambda p: p.id, shard_size=int(s.shard_size),
-                           fingerprint=shard_fingerprint(cfg, problems_file), progress=bool(cfg.progress),
-                           desc=f"sampling n={s.n}")
+                           fingerprint=shard_made_for(cfg, problems_file), progress=bool(cfg.progress),
+                           desc=f"sampling n={s.n}", option=OUTPUT_OPTION, on_start=mark_running)
     summary = summarize(rows)
     atomic_write_json(output_dir / "summary.json", summary)
     print(f"sample: {summary['samples']} samples of {summary['questions']} questions -> {output_dir}: "

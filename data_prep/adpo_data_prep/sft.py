@@ -4,7 +4,8 @@ This builds the quickstart's base model; it is not the paper's method, so it is 
 then cosine decay, completion-only loss on the worked solution after the zero-shot prompt that sampling,
 training and evaluation use: adpo.data.prompts). It checkpoints every `sft.checkpoint_every` steps and a killed run
 resumes from the last checkpoint with the same batches and optimizer state, so the final model is the same as an
-uninterrupted run's. Output: output_dir/model (weights + tokenizer, transformers format).
+uninterrupted run's; a checkpoint or finished model of another config stops the stage (OutputConflict) instead of
+being replaced. Output: output_dir/model (weights + tokenizer, transformers format).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from adpo.config import stage_main
+from adpo.config_diff import check_made_for, check_manifest
 from adpo.data.prompts import build_prompt, zero_shot_prompt
 from adpo.data.records import Problem, read_problems
 from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair, encode_prompt
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
 TRAINER_STATE = "trainer_state.pt"
+OUTPUT_OPTION = "paths.base_model"  # the key that names output_dir, offered when it holds another config's model
 _FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 
 
@@ -95,28 +98,35 @@ def greedy_accuracy(model, tokenizer: PreTrainedTokenizerBase, problems: list[Pr
     return correct / max(1, len(problems))
 
 
-def _save_checkpoint(path: Path, model, tokenizer, optimizer, step: int, cfg_hash: str) -> None:
+def _trainer_state(step: int, optimizer, key: dict) -> dict:
+    """What a checkpoint carries besides the model: the step, the optimizer, and the identity it was made under."""
+    return {"step": step, "optimizer": optimizer.state_dict() if optimizer else None, "config_hash": config_hash(key),
+            "made_for": key}
+
+
+def _save_checkpoint(path: Path, model, tokenizer, optimizer, step: int, key: dict) -> None:
     with atomic_directory(path) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        torch.save({"step": step, "optimizer": optimizer.state_dict() if optimizer else None,
-                    "config_hash": cfg_hash}, tmp / TRAINER_STATE)
+        torch.save(_trainer_state(step, optimizer, key), tmp / TRAINER_STATE)
 
 
-def _start_or_resume(cfg: DictConfig, problems: list[Problem], ckpt: Path, cfg_hash: str):
-    """Load the last checkpoint of this very config, or build the tokenizer and a random model (step 0)."""
+def _start_or_resume(cfg: DictConfig, problems: list[Problem], ckpt: Path, key: dict):
+    """Load the last checkpoint of this very config, or build the tokenizer and a random model (step 0). A checkpoint
+    of another config is never replaced: OutputConflict names what differs."""
     s = cfg.sft
     state = torch.load(ckpt / TRAINER_STATE, weights_only=False) if (ckpt / TRAINER_STATE).is_file() else None
-    if state is None or state.get("config_hash") != cfg_hash:
-        if state is not None:
-            log.info("sft: checkpoint %s belongs to another config; starting over", ckpt)
+    if state is not None:
+        check_made_for(ckpt, "an sft checkpoint", stored=state.get("made_for"), current=key,
+                       stored_hash=state.get("config_hash"), option=OUTPUT_OPTION)
+    else:
         with atomic_directory(ckpt) as tmp:
             texts = [zero_shot_prompt(p.dataset, p.question) + (p.solution or "") for p in problems]
             tokenizer = build_tokenizer(texts, tmp, vocab_size=s.vocab_size)
             build_tiny_llama(tokenizer, tmp, hidden_size=s.hidden_size, num_layers=s.num_layers,
                              num_heads=s.num_heads, intermediate_size=s.intermediate_size,
                              max_position_embeddings=max(1024, s.max_length), seed=s.seed)
-            torch.save({"step": 0, "optimizer": None, "config_hash": cfg_hash}, tmp / TRAINER_STATE)
+            torch.save(_trainer_state(0, None, key), tmp / TRAINER_STATE)
         state = torch.load(ckpt / TRAINER_STATE, weights_only=False)
     tokenizer = load_tokenizer(ckpt)
     model = load_causal_lm(ckpt, dtype="float32")
@@ -133,10 +143,11 @@ def run(cfg: DictConfig) -> dict:
     s = cfg.sft
     if s.num_threads:
         torch.set_num_threads(int(s.num_threads))
+    # A base model of another config (finished) in `out` is never overwritten.
+    check_manifest(out, lambda config, _inputs: identity(config, "sft"), cfg, option=OUTPUT_OPTION)
     problems = read_problems(data / "train.jsonl")
-    cfg_hash = config_hash(key)
     ckpt = out / CHECKPOINT
-    tokenizer, model, state = _start_or_resume(cfg, problems, ckpt, cfg_hash)
+    tokenizer, model, state = _start_or_resume(cfg, problems, ckpt, key)
     examples = encode_examples(problems, tokenizer, s, cfg.model)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("sft: %d train examples, %.2fM parameters, %d steps (resuming at %d)",
@@ -170,7 +181,7 @@ def run(cfg: DictConfig) -> dict:
                 run_.log({"train/loss": avg, "train/lr": lr, "train/grad_norm": float(grad_norm)}, step=step + 1)
             loss_sum, loss_n = 0.0, 0
         if s.checkpoint_every and (step + 1) % s.checkpoint_every == 0 and step + 1 < s.steps:
-            _save_checkpoint(ckpt, model, tokenizer, optimizer, step + 1, cfg_hash)
+            _save_checkpoint(ckpt, model, tokenizer, optimizer, step + 1, key)
     bar.close()
 
     outputs = {"model": str(out / "model"), "steps": int(s.steps), "parameters": n_params,

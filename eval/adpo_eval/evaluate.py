@@ -7,25 +7,27 @@ tokens; stop at the next exemplar ("\\n\\nQuestion:" / "\\n\\nProblem:"). Proble
 Outputs in output_dir: shards/shard-*.jsonl (written as generation goes; a killed run resumes at the first missing
 shard), predictions.jsonl (one row per problem: id, prompt, output, extracted, gold, correct, finish_reason,
 num_tokens, subject, level, ...), metrics.json (accuracy, counts, per subject and level, generation speed), and
-manifest.json. Metrics and a table of the outputs go to wandb (offline files by default).
+manifest.json. Metrics and a table of the outputs go to wandb (offline files by default). Shards or a manifest of
+another model, protocol or problem set are never replaced: the stage stops with adpo.config_diff.OutputConflict.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
+from adpo.config_diff import check_manifest
 from adpo.data.records import Problem, read_problems
 from adpo.generation.graded import GradedGeneration, GradedProblem
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
-from adpo.manifest import MANIFEST, config_hash, fingerprint, identity, is_complete, write_manifest
+from adpo.manifest import MANIFEST, fingerprint, identity, is_complete, write_manifest
 from adpo.tracking import init_wandb
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ METRICS = "metrics.json"
 SHARDS = "shards"
 # Settings that do not change a prediction: kept out of the shards' fingerprint so that finished shards stay valid.
 NOT_IN_SHARD_FINGERPRINT = ("limit", "grade_workers", "shard_size", "wandb_table")
+OUTPUT_OPTION = "paths.eval"  # the key that names output_dir, offered when it holds another config's predictions
 
 
 def model_inputs(model_dir: str) -> list[str]:
@@ -103,10 +106,20 @@ def compute_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return metrics
 
 
-def shard_fingerprint(cfg: DictConfig, inputs: Sequence[str]) -> str:
-    """Everything that decides a prediction; the plan's item ids say which problems."""
-    key = identity(cfg, "eval", also_not_hashed=[f"eval.{k}" for k in NOT_IN_SHARD_FINGERPRINT])
-    return config_hash({**key, "inputs": {str(p): fingerprint(p) for p in inputs}})
+def work_identity(config: Any) -> dict[str, Any]:
+    """What decides a prediction (a DictConfig, or a manifest's recorded config); the plan's item ids say which
+    problems."""
+    return identity(config, "eval", also_not_hashed=[f"eval.{k}" for k in NOT_IN_SHARD_FINGERPRINT])
+
+
+def made_for(config: Any, inputs: Mapping[str, str]) -> dict[str, Any]:
+    """What predictions are made for: the work identity and the inputs' fingerprints (the model among them: its
+    path is not hashed). Recorded with the shards, whose fingerprint is its hash, and compared with a manifest's."""
+    return {**work_identity(config), "inputs": dict(inputs)}
+
+
+def input_fingerprints(inputs: Sequence[str]) -> dict[str, str]:
+    return {str(p): fingerprint(p) for p in inputs}
 
 
 def log_to_wandb(cfg: DictConfig, metrics: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
@@ -140,7 +153,11 @@ def run(cfg: DictConfig) -> Path:
     if is_complete(output_dir, identity(cfg, "eval"), inputs):
         log.info("eval: %s is complete for this config and these inputs; nothing to do", output_dir)
         return output_dir
-    write_manifest(output_dir, "eval", cfg, inputs, status="running", key=identity(cfg, "eval"))
+    # Before anything is written: predictions of another model or protocol in output_dir are never replaced.
+    check_manifest(output_dir, made_for, cfg, inputs, option=OUTPUT_OPTION)
+
+    def mark_running() -> None:  # once the shards on disk are known to be this run's
+        write_manifest(output_dir, "eval", cfg, inputs, status="running", key=identity(cfg, "eval"))
 
     e = cfg.eval
     datasets = sorted({p.dataset for p in problems})
@@ -150,8 +167,8 @@ def run(cfg: DictConfig) -> Path:
                           grade_timeout_s=e.grade_timeout_s, stop=e.stop) as evaluator:
         rows = run_sharded(problems, lambda shard, index: [prediction_row(g) for g in evaluator(shard, index)],
                            output_dir / SHARDS, item_id=lambda p: p.id, shard_size=int(e.shard_size),
-                           fingerprint=shard_fingerprint(cfg, inputs), progress=bool(cfg.progress),
-                           desc=f"eval {'+'.join(datasets)}")
+                           fingerprint=made_for(cfg, input_fingerprints(inputs)), progress=bool(cfg.progress),
+                           desc=f"eval {'+'.join(datasets)}", option=OUTPUT_OPTION, on_start=mark_running)
 
     metrics = compute_metrics(rows)
     metrics.update(

@@ -32,6 +32,7 @@ from adpo.config import compose, stage_main
 from adpo.manifest import identity, is_complete, read_manifest
 from adpo.registry import stage as registered
 from adpo.registry import stage_names
+from adpo.run_dirs import PlannedJob, output_dir_of, plan_output_dirs, refuse_shared_output_dirs
 
 log = logging.getLogger(__name__)
 
@@ -102,30 +103,43 @@ def stage_overrides(cli_overrides: Sequence[str]) -> list[str]:
             _key(o) != "pipeline"]
 
 
-def _compose(stage: str, overrides: Sequence[str]) -> DictConfig:
-    return compose(registered(stage).config, overrides)
+class _Composer:
+    """compose() for the plan, each (stage, overrides) once: the run planning and the steps ask for the same ones."""
+
+    def __init__(self) -> None:
+        self.configs: dict[tuple[str, tuple[str, ...]], DictConfig] = {}
+
+    def __call__(self, stage: str, overrides: Sequence[str]) -> DictConfig:
+        key = (stage, tuple(overrides))
+        if key not in self.configs:
+            self.configs[key] = compose(registered(stage).config, overrides)
+        return self.configs[key]
 
 
 def plan(cfg: DictConfig, cli_overrides: Sequence[str]) -> list[Step]:
-    """The chain's steps, in order, each with its overrides and its composed config."""
+    """The chain's steps, in order, each with its overrides and its composed config.
+
+    Runs that would share a directory get a run_tag from what differs between them (adpo.run_dirs; the same tagged
+    overrides for their train and eval steps), or the plan is refused, as are two steps of one stage that would
+    write one directory."""
     p = cfg.pipeline
     wanted = list(p.stages)
     unknown = [s for s in wanted if s not in stage_names()]
     if unknown:
         raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; known: {stage_names()}")
     base = stage_overrides(cli_overrides)
-    runs = expand_runs(p.runs, p.get("sweep"))
-    run_cfgs = [_compose("train", base + r) for r in runs]
+    composed = _Composer()
+    planned_runs = plan_output_dirs("train", expand_runs(p.runs, p.get("sweep")),
+                                    lambda run: composed("train", base + run),
+                                    explain=lambda line: print(f"[pipeline] {line}", flush=True))
+    runs = [job.overrides for job in planned_runs]
+    run_cfgs = [job.config for job in planned_runs]
     labels = [str(c.run_name) for c in run_cfgs]
-    duplicates = {lab for lab in labels if labels.count(lab) > 1}
-    if duplicates:
-        raise ValueError(f"pipeline.runs: runs {sorted(duplicates)} share a run_name (and so their directories); "
-                         "make run_name depend on what differs (e.g. run_name=dpo-lr1e-5-s${seed})")
     steps: list[Step] = []
 
     def add(stage: str, overrides: list[str], label: str = "") -> None:
         if stage in wanted:
-            steps.append(Step(stage, overrides, label, _compose(stage, overrides)))
+            steps.append(Step(stage, overrides, label, composed(stage, overrides)))
 
     add("prepare", base)
     sft = p.sft
@@ -153,7 +167,16 @@ def plan(cfg: DictConfig, cli_overrides: Sequence[str]) -> list[Step]:
         add("train", base + r, label)
         add("eval", base + r, label)
     add("aggregate", base)
+    refuse_shared_step_dirs(steps)
     return steps
+
+
+def refuse_shared_step_dirs(steps: Sequence[Step]) -> None:
+    """Two steps of one stage writing one directory (two data chains whose paths do not differ, say) is refused."""
+    for stage in dict.fromkeys(step.stage for step in steps):
+        same_stage = [step for step in steps if step.stage == stage and step.config is not None]
+        refuse_shared_output_dirs(stage, [PlannedJob(step.overrides, step.config, output_dir_of(step.config))
+                                          for step in same_stage])
 
 
 # ---------------------------------------------------------------------------------------------- running

@@ -5,9 +5,11 @@
     python -m adpo.sweep eval +sweep=granularity model=llama3_8b seed=0
 
 Exactly `adpo-<stage> -m <overrides>` (the same Hydra multirun, the same launcher configs), with
-hydra/launcher=slurm when no launcher is given. --dry-run swaps the launcher's class for
-hydra_plugins.adpo_slurm.launcher.DryRunSlurmLauncher: the jobs are expanded and their configs composed (a bad override fails
-here, not on the cluster), but nothing is submitted; only the sweep directory's multirun.yaml is written.
+hydra/launcher=slurm when no launcher is given (slurm_train for the train stage: one DeepSpeed process per GPU, 8 per
+node, so that the paper's global batch of 2 x 4 x 8 = 64 pairs holds). --dry-run swaps the launcher's class for
+hydra_plugins.adpo_slurm.launcher.DryRunSlurmLauncher: the jobs are expanded, their configs composed (a bad override
+fails here, not on the cluster) and their output directories made distinct with a run_tag where needed, or the sweep
+refused (adpo.run_dirs, as for a real launch); nothing is submitted, only the sweep directory's multirun.yaml written.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from adpo.registry import STAGES as REGISTERED
 # Stage name on the command line -> module with the Hydra entry point `main` (the registry's stages and the pipeline).
 STAGES = {**{s.name: s.module for s in REGISTERED}, "pipeline": "adpo.pipeline"}
 DRY_RUN_TARGET = "hydra.launcher._target_=hydra_plugins.adpo_slurm.launcher.DryRunSlurmLauncher"
+# The launcher when the command line names none: training runs one task per GPU, every other stage one per node.
+DEFAULT_LAUNCHERS = {"train": "slurm_train"}
 USAGE = f"usage: python -m adpo.sweep STAGE [--dry-run] [HYDRA_OVERRIDES...]   (STAGE: {', '.join(STAGES)})"
 
 
@@ -27,7 +31,7 @@ def hydra_argv(stage: str, args: list[str], dry_run: bool) -> list[str]:
     """The multirun command line of the stage's Hydra app (without the program name)."""
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     if not any(a.startswith(("hydra/launcher=", "override hydra/launcher=")) for a in overrides):
-        overrides.insert(0, "hydra/launcher=slurm")
+        overrides.insert(0, f"hydra/launcher={DEFAULT_LAUNCHERS.get(stage, 'slurm')}")
     if dry_run:
         overrides.append(DRY_RUN_TARGET)
     return ["-m", *overrides]

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from adpo.config_diff import check_made_for, check_manifest
 from adpo.io import atomic_write_jsonl, atomic_write_text, file_sha256
 from adpo.manifest import config_hash, identity
 from adpo.models import load_causal_lm, load_tokenizer
@@ -89,8 +90,25 @@ BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "resume", "re
                     "reference_cache_dir")
 
 
+CHECKPOINTS = "checkpoints"
+OUTPUT_OPTION = "paths.train"  # the key that names output_dir, offered when it holds another config's run
+
+
+def work_identity(config: Any) -> dict[str, Any]:
+    """What decides the trained policy (a DictConfig, or a manifest's recorded config): checkpoints resume across
+    everything else."""
+    return identity(config, "train", also_not_hashed=[f"train.{k}" for k in BOOKKEEPING_KEYS])
+
+
 def resume_hash(cfg: DictConfig) -> str:
-    return config_hash(identity(cfg, "train", also_not_hashed=[f"train.{k}" for k in BOOKKEEPING_KEYS]))
+    return config_hash(work_identity(cfg))
+
+
+def refuse_other_work(cfg: DictConfig, output_dir: Path) -> None:
+    """Before anything is built: a run (finished or checkpointed) of another config in output_dir is never resumed
+    or overwritten, whether or not train.resume is set; OutputConflict names what differs."""
+    check_manifest(output_dir, lambda config, _inputs: work_identity(config), cfg, option=OUTPUT_OPTION)
+    checkpoint.check_checkpoints(output_dir / CHECKPOINTS, work_identity(cfg), option=OUTPUT_OPTION)
 
 
 @dataclass
@@ -204,25 +222,27 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
 
 def train(cfg: DictConfig) -> dict:
     """Train the policy on cfg.input_dir/pairs.jsonl; returns a summary (rank 0's is written to the manifest)."""
+    output_dir = Path(cfg.output_dir)
+    ckpt_dir = output_dir / CHECKPOINTS
+    refuse_other_work(cfg, output_dir)
     setup = setup_training(cfg)
     tcfg, mcfg = cfg.train, cfg.model
     engine, schedule, method, total_steps = setup.engine, setup.schedule, setup.method, setup.total_steps
     rank, world = setup.rank, setup.world
-    output_dir = Path(cfg.output_dir)
 
     # --- resume -------------------------------------------------------------------------------------------------
-    ckpt_dir = output_dir / "checkpoints"
     run_hash = resume_hash(cfg)
     step = 0
     client_state = (checkpoint.resume(engine, ckpt_dir, frozen_excluded=setup.lora) if tcfg.get("resume", True)
                     else None)
     if client_state is not None:
-        if client_state.get("config_hash") != run_hash:
-            raise RuntimeError(f"{ckpt_dir} holds checkpoints of another configuration (hash "
-                               f"{client_state.get('config_hash')}, this run {run_hash}); use another output_dir, "
-                               "delete the checkpoints, or pass train.resume=false")
+        # refuse_other_work compared the recorded config; this is the hash the checkpoint itself carries.
+        check_made_for(ckpt_dir, "training checkpoints", stored=None, current=work_identity(cfg),
+                       stored_hash=client_state.get("config_hash"), option=OUTPUT_OPTION)
         step = int(client_state["step"])
         log.info("resumed from %s at step %d of %d", ckpt_dir, step, total_steps)
+    if rank == 0:
+        checkpoint.record_made_for(ckpt_dir, work_identity(cfg))
 
     metrics_path = output_dir / "metrics.jsonl"
     wandb_run = None

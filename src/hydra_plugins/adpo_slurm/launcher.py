@@ -6,7 +6,13 @@ one per GPU), each task gets the torch.distributed environment (RANK, WORLD_SIZE
 MASTER_PORT) exactly as `torchrun` would set it, so `deepspeed.init_distributed()` in the train stage just works.
 
 `DryRunSlurmLauncher` (`hydra/launcher=slurm_dry_run`, or `python -m adpo.sweep --dry-run`) submits nothing: it
-prints every job's overrides and the sbatch script submitit would submit for the array.
+prints every job's overrides and directory and the sbatch script submitit would submit for the array.
+
+`SerialLauncher` (`hydra/launcher=serial`, the default of a plain `adpo-<stage> -m`) is Hydra's basic launcher: the
+jobs one after another in this process.
+
+Every one of them first makes the jobs' output directories distinct (adpo.run_dirs): jobs that would share one get a
+run_tag, or the sweep is refused, naming them, before any job is submitted or run.
 """
 
 from __future__ import annotations
@@ -16,9 +22,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
 from omegaconf import OmegaConf
+
+from adpo.registry import STAGES
+from adpo.run_dirs import OutputDirCollision, PlannedJob, plan_output_dirs
 
 
 def export_torch_distributed_env() -> None:
@@ -39,11 +49,43 @@ class _TorchDistributedTasks:
         return super().__call__(*args, **kwargs)  # type: ignore[misc]
 
 
-class SlurmLauncher(_TorchDistributedTasks, stock.SlurmLauncher):
+class _DistinctOutputDirs:
+    """Rewrites the jobs' overrides so that no two share an output directory (or refuses them) before launching."""
+
+    config: Any
+    hydra_context: Any
+    task_function: Any
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        jobs = self.plan_jobs(job_overrides, initial_job_idx)
+        return super().launch([job.overrides for job in jobs], initial_job_idx)  # type: ignore[misc]
+
+    def plan_jobs(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[PlannedJob]:
+        """Each job's overrides (with a run_tag where needed), its config as the job will compose it, its directory."""
+        loader = self.hydra_context.config_loader
+        try:
+            return plan_output_dirs(self.stage_name(), [list(o) for o in job_overrides],
+                                    lambda overrides: loader.load_sweep_config(self.config, overrides),
+                                    explain=lambda line: print(line, flush=True), first_index=initial_job_idx)
+        except OutputDirCollision as e:
+            # A user's mistake, not a bug: the message says it all, without Hydra's traceback around it.
+            raise SystemExit(f"Refused, nothing launched: {e}") from None
+
+    def stage_name(self) -> str:
+        """The registry's name of the stage being swept (eval, not its module's `evaluate`)."""
+        by_module = {s.module: s.name for s in STAGES}
+        return by_module.get(getattr(self.task_function, "__module__", ""), str(self.config.hydra.job.name))
+
+
+class SlurmLauncher(_DistinctOutputDirs, _TorchDistributedTasks, stock.SlurmLauncher):
     pass
 
 
-class LocalLauncher(_TorchDistributedTasks, stock.LocalLauncher):
+class LocalLauncher(_DistinctOutputDirs, _TorchDistributedTasks, stock.LocalLauncher):
+    pass
+
+
+class SerialLauncher(_DistinctOutputDirs, BasicLauncher):
     pass
 
 
@@ -86,23 +128,35 @@ def render_sbatch(params: dict[str, Any], num_jobs: int) -> str:
                                **executor.parameters, **extra)
 
 
-class DryRunSlurmLauncher(stock.SlurmLauncher):
+class DryRunSlurmLauncher(_DistinctOutputDirs, stock.SlurmLauncher):
     """Prints what `hydra/launcher=slurm` would submit, and submits nothing."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None
         out = sys.stdout
         n = len(job_overrides)
+        jobs = self.plan_jobs(job_overrides, initial_job_idx)  # the same refusal as a real launch
         print(f"DRY RUN: {n} job(s) would be submitted to SLURM (nothing submitted)", file=out)
         print(f"sweep dir: {self.config.hydra.sweep.dir}", file=out)
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            print(f"job {idx}: {' '.join(filter_overrides(overrides))}", file=out)
+        for idx, job in enumerate(jobs, start=initial_job_idx):
+            print(f"job {idx}: {' '.join(filter_overrides(job.overrides))}", file=out)
+            print(f"  output_dir: {job.output_dir}", file=out)
         resources = {k: self.params.get(k) for k in RESOURCE_KEYS if self.params.get(k) not in (None, {}, [])}
         print("resources: " + " ".join(f"{k}={v}" for k, v in resources.items()), file=out)
+        if self.stage_name() == "train":
+            print(global_batch(jobs[0], self.params), file=out)
         print(f"--- sbatch script ({'array of ' + str(n) + ' tasks' if n > 1 else 'one job'}) ---", file=out)
         print(render_sbatch(self.params, n), file=out)
         print("--- end ---", file=out, flush=True)
         return []
+
+
+def global_batch(job: PlannedJob, params: dict[str, Any]) -> str:
+    """Pairs per optimizer step: one micro-batch per process and accumulation step, one process per SLURM task."""
+    micro, accumulation = job.select("train.micro_batch_size"), job.select("train.gradient_accumulation_steps")
+    processes = int(params.get("nodes") or 1) * int(params.get("tasks_per_node") or 1)
+    return (f"global batch: {micro} x {accumulation} x {processes} processes = {micro * accumulation * processes} "
+            "(train.micro_batch_size x train.gradient_accumulation_steps x nodes x tasks_per_node)")
 
 
 RESOURCE_KEYS = (
