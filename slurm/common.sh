@@ -1,5 +1,7 @@
-# Sourced by the sbatch templates: the project's Python, run directories, and requeue-on-preemption.
+# Sourced by the sbatch templates: the environment, the project's Python, and requeue-on-preemption.
+# ADPO_SETUP: shell lines run first (modules, conda or venv activation), as the Hydra SLURM launchers run them.
 # ADPO_ROOT: the checkout (default: where sbatch was called); ADPO_PYTHON: its interpreter (default .venv/bin/python).
+if [ -n "${ADPO_SETUP:-}" ]; then eval "$ADPO_SETUP"; fi
 ADPO_ROOT=${ADPO_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 if [ -z "${ADPO_PYTHON:-}" ]; then
   if [ -x "$ADPO_ROOT/.venv/bin/python" ]; then ADPO_PYTHON="$ADPO_ROOT/.venv/bin/python"; else ADPO_PYTHON=python; fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Submit one configuration's whole chain as SLURM jobs, each starting only after the previous one succeeded:
 #   prepare -> sample -> pairs -> [weights, when the method uses weights] -> train -> eval   (--dependency=afterok)
-#   slurm/submit_chain.sh model=llama3_8b data=gsm8k method=cadpo seed=1 generation=vllm
+#   slurm/submit_chain.sh experiment=paper model=llama3_8b data=gsm8k method=cadpo seed=1
 #   slurm/submit_chain.sh --dry-run ...            # print the sbatch commands, submit nothing
 #   slurm/submit_chain.sh --from train ...         # start at a later stage (earlier outputs exist)
 # Every argument not an option is a Hydra override given to every stage. sbatch options per stage can be set with

@@ -82,10 +82,12 @@ def test_dry_run_lists_each_job_and_the_sbatch_script(tmp_path):
     assert combos == {(g, s) for g in ("token", "static:4", "static:8") for s in "012"}
     assert all("model=tiny" in o and "method=adpo" in o for _, o in jobs)
     script = proc.stdout.split("--- sbatch script", 1)[1]
+    # The train stage's default launcher is slurm_train: one DeepSpeed process per GPU, 8 per node.
     for line in ("#SBATCH --array=0-8%9", "#SBATCH --partition=gpu", "#SBATCH --account=lab42", "#SBATCH --qos=high",
-                 "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB",
-                 "#SBATCH --time=1440", "#SBATCH --requeue", "submitit.core._submit"):
+                 "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8", "#SBATCH --cpus-per-task=8",
+                 "#SBATCH --mem=480GB", "#SBATCH --time=2880", "#SBATCH --requeue", "submitit.core._submit"):
         assert line in script, line
+    assert "global batch: 2 x 4 x 8 processes = 64" in proc.stdout
     assert not list(tmp_path.rglob(".submitit")), "a dry run submits nothing"
 
 
@@ -94,6 +96,20 @@ def test_dry_run_fails_on_a_config_that_does_not_compose(tmp_path):
                   f"paths.root={tmp_path}"], stage_env(), timeout=300, dry_run=True)
     assert proc.returncode != 0
     assert "no_such_method" in proc.stderr
+
+
+def test_cluster_settings_exported_once_reach_the_sweeps_sbatch_script(tmp_path):
+    """README: `export SBATCH_PARTITION=... SBATCH_ACCOUNT=... SBATCH_QOS=... ADPO_SETUP=...` serves every entry
+    point; sbatch reads the SBATCH_* variables itself for the templates, the launcher configs read them here."""
+    env = stage_env(SBATCH_PARTITION="gpu", SBATCH_ACCOUNT="lab42", SBATCH_QOS="high",
+                    ADPO_SETUP="module load cuda/12.4")
+    proc = subprocess.run([PYTHON, "-m", "adpo.sweep", "sample", "model=tiny", "--dry-run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    script = proc.stdout.split("--- sbatch script", 1)[1]
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=lab42", "#SBATCH --qos=high",
+                 "\nmodule load cuda/12.4\n"):
+        assert line in script, line
 
 
 def test_submit_chain_dry_run_chains_stages_with_dependencies():
@@ -227,7 +243,9 @@ def test_requeued_training_resumes_from_its_checkpoint(slurm, tiny_model_dir, pa
     stage resumes from its newest checkpoint."""
     out = tmp_path / "train"
     log = tmp_path / "job.out"
-    env = slurm.env(stage_env(ADPO_ROOT=str(REPO_ROOT)))
+    # The README's cluster settings, set once in the environment: SLURM's SBATCH_PARTITION and ADPO_SETUP.
+    env = slurm.env(stage_env(ADPO_ROOT=str(REPO_ROOT), SBATCH_PARTITION="debug",
+                              ADPO_SETUP="echo adpo-setup-ran on $(hostname)"))
     submit = subprocess.run(
         ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", "--mem=2G", f"--output={log}",
          str(REPO_ROOT / "slurm" / "train.sbatch"),
@@ -252,8 +270,46 @@ def test_requeued_training_resumes_from_its_checkpoint(slurm, tiny_model_dir, pa
     show = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
     assert "Restarts=1" in show
     assert "restart 1" in text
+    assert text.count("adpo-setup-ran on ") == 2, "ADPO_SETUP runs at the start of every run of the job"
+    assert "Partition=debug" in show
     resumed = re.search(r"resumed from \S+ at step (\d+) of 60", text)
     assert resumed and int(resumed.group(1)) >= 5, text[-4000:]
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 61)), "after the resume, every step is logged once"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+# --- submitit's own warning signal: USR2 before the time limit -------------------------------------------------------
+def test_a_sweep_job_sent_submitits_usr2_checkpoints_is_requeued_and_resumes(slurm, tiny_model_dir, pairs_dir,
+                                                                            tmp_path):
+    """submitit asks SLURM for `--signal=USR2@<signal_delay_s>`: every task of the job gets USR2 before the time
+    limit. Both ranks of a 2-process DeepSpeed job checkpoint at the same step, rank 0 hands the signal to submitit,
+    which requeues the job; the restarted job resumes from that checkpoint and the sweep ends complete."""
+    root = tmp_path / "runs"
+    launcher = ["hydra/launcher=slurm_train", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=null",
+                "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4",
+                "hydra.launcher.timeout_min=20"]
+    args = [PYTHON, "-m", "adpo.sweep", "train", "seed=0", *launcher,
+            *train_args(root, tiny_model_dir, pairs_dir, "train.max_steps=40", "train.save_every=4",
+                        "wandb=disabled")]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=slurm.env(stage_env()), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out = root / "train" / "adpo-token-s0"
+    try:
+        wait_for((out / "checkpoints" / "latest").is_file, 400, f"a first checkpoint in {out}")
+        job = next(p.name for p in root.rglob(".submitit/*") if p.is_dir() and p.name.isdigit())
+        subprocess.run(["scancel", "--signal=USR2", job], env=slurm.env(), check=True, timeout=30)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    show = subprocess.run(["scontrol", "show", "job", job], env=slurm.env(), capture_output=True, text=True).stdout
+    assert "Restarts=1" in show, show
+    logs = "".join(p.read_text(errors="replace") for p in root.rglob(f".submitit/{job}/*_log.*"))
+    assert "got SIGUSR2" in logs and "requeu" in logs.lower(), logs[-4000:]
+    resumed = re.search(r"resumed from \S+ at step (\d+) of 40", logs)
+    assert resumed and int(resumed.group(1)) >= 4, logs[-4000:]
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41)), "after the resume, every step is logged once"
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"

@@ -40,7 +40,7 @@ def test_runs_of_a_sweep_share_a_group_and_are_named_by_their_settings(tmp_path,
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     for method, granularity, seed in [("dpo", None, 0), ("adpo", "static:8", 0), ("adpo", "static:8", 1)]:
-        # paths.root pinned: the sweep config's default uses Hydra's runtime choices, set only inside a Hydra app.
+        # The sweep selects experiment=paper (model llama3_8b unless narrowed); paths.root keeps the files in tmp.
         overrides = [f"paths.root={tmp_path}", f"method={method}", f"seed={seed}", "+sweep=granularity",
                      "wandb=offline", "experiment_name=abl"]
         if granularity:
@@ -53,7 +53,8 @@ def test_runs_of_a_sweep_share_a_group_and_are_named_by_their_settings(tmp_path,
         run.finish()
 
     runs = read_runs(tmp_path / "wandb")
-    assert set(runs) == {"dpo-sequence-tiny-gsm8k-s0", "adpo-static8-tiny-gsm8k-s0", "adpo-static8-tiny-gsm8k-s1"}
+    assert set(runs) == {"dpo-sequence-llama3_8b-gsm8k-s0", "adpo-static8-llama3_8b-gsm8k-s0",
+                         "adpo-static8-llama3_8b-gsm8k-s1"}
     for name, run in runs.items():
         assert run["group"] == "granularity" and run["job_type"] == "train" and run["project"] == "adpo"
         seed = int(name[-1])

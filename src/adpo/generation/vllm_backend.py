@@ -64,6 +64,19 @@ def check_cpu_head_size(model_path: str, trust_remote_code: bool) -> None:
         )
 
 
+def tensor_parallel_size(setting: int | str | None) -> int:
+    """`auto`: every GPU the job can see (CUDA_VISIBLE_DEVICES under SLURM), so one config serves a 1-GPU array job
+    and an 8-GPU node; on CPU, 1."""
+    if setting in (None, "auto"):
+        import torch
+
+        return max(1, torch.cuda.device_count()) if setting == "auto" else 1
+    size = int(setting)
+    if size < 1:
+        raise ValueError(f"generation.tensor_parallel_size must be >= 1 or 'auto', got {setting!r}")
+    return size
+
+
 class VLLMGenerator(Generator):
     backend = "vllm"
 
@@ -83,7 +96,7 @@ class VLLMGenerator(Generator):
             tokenizer=str(model_path),
             dtype=cfg.get("dtype") or "auto",
             max_model_len=cfg.get("max_model_len"),
-            tensor_parallel_size=cfg.get("tensor_parallel_size") or 1,
+            tensor_parallel_size=tensor_parallel_size(cfg.get("tensor_parallel_size")),
             gpu_memory_utilization=cfg.get("gpu_memory_utilization"),
             enforce_eager=bool(cfg.get("enforce_eager", False)),
             distributed_executor_backend=cfg.get("distributed_executor_backend"),

@@ -1,7 +1,9 @@
 """Checkpoint, then stop, when the scheduler says the job is about to end.
 
-SLURM sends USR1 before the time limit or a preemption (`#SBATCH --signal=B:USR1@120`, forwarded by slurm/ and by
-torchrun) and TERM when it stops a job; the pipeline forwards TERM and INT to the stage it runs. A checkpoint is a
+SLURM sends a warning signal before the time limit or a preemption: USR1 from the sbatch templates
+(`#SBATCH --signal=B:USR1@120`, forwarded by slurm/common.sh and by torchrun), USR2 from submitit's jobs
+(`--signal=USR2@120`, the Hydra launchers; submitit's own handler requeues the job once we hand the signal back), and
+TERM when it stops a job; the pipeline forwards TERM and INT to the stage it runs. A checkpoint is a
 collective operation, so the ranks first agree that one of them was signalled, at a step boundary, then all save.
 """
 
@@ -17,7 +19,7 @@ import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequest:
