@@ -5,15 +5,16 @@
 2. For each pair, p_CE of every response token (adpo_data_prep.criticality), on exactly the tokens of
    adpo.data.tokenize.encode_pair with the model's settings, so the train stage can line weights up with its tokens.
 3. pairs.jsonl = input pairs + rejected_weights (1 - p_CE) [+ chosen_weights (p_CE)] + weights_tokenizer.
+
+Adapters or weighted pairs made under another config (or from other samples) in output_dir are never replaced: the
+stage stops with adpo.config_diff.OutputConflict, naming what differs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
+from adpo.config_diff import check_made_for, check_manifest
 from adpo_data_prep.criticality import chosen_weights, rejected_weights, score_responses
 from adpo.data.records import Problem
 from adpo.data.tokenize import EncodedResponse, encode_pair
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, file_sha256
-from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, load_adapter, save_adapter, saved_adapter_key,
+from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, load_adapter, save_adapter, saved_adapter_info,
                                           train_adapter)
 from adpo.manifest import config_hash, identity, is_complete, write_manifest
 from adpo.models import load_causal_lm, load_tokenizer, lora_config, resolve_device
@@ -36,6 +38,7 @@ from adpo.training.pairs_data import iter_pair_rows
 
 log = logging.getLogger(__name__)
 ADAPTERS = ("positive", "negative")
+OUTPUT_OPTION = "paths.weighted_pairs"  # the key that names output_dir, offered when it holds another config's work
 
 
 def encoder(cfg: DictConfig, tokenizer):
@@ -91,32 +94,50 @@ def finetune_sets(samples: list[Sample], cfg: DictConfig, encode, seed: int) -> 
     return out
 
 
-def adapter_key(cfg: DictConfig, name: str, samples_fingerprints: dict[str, str]) -> str:
+def adapter_made_for(cfg: DictConfig, name: str, samples_fingerprints: dict[str, str]) -> dict[str, Any]:
     """What an adapter depends on: base model, prompts/tokens, LoRA and SFT settings, the samples, the seed."""
     c = cfg.criticality
-    data = {"name": name, "model": OmegaConf.to_container(cfg.model, resolve=True),
+    return {"name": name, "model": OmegaConf.to_container(cfg.model, resolve=True),
             "lora": OmegaConf.to_container(c.lora, resolve=True),
             "sft": OmegaConf.to_container(c.sft, resolve=True),
             "max_examples": c.max_examples, "negative_include_no_answer": c.negative_include_no_answer,
             "samples": samples_fingerprints, "seed": int(cfg.seed)}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def adapter_key(cfg: DictConfig, name: str, samples_fingerprints: dict[str, str]) -> str:
+    return config_hash(adapter_made_for(cfg, name, samples_fingerprints))
+
+
+def work_identity(config: Any) -> dict[str, Any]:
+    return identity(config, "weights")
+
+
+def made_for(config: Any, inputs: Mapping[str, str]) -> dict[str, Any]:
+    """What the weighted pairs are made for (compared with a manifest's record): the identity and the inputs."""
+    return {**work_identity(config), "inputs": dict(inputs)}
 
 
 def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedResponse]], output_dir: Path,
                    samples_fps: dict[str, str], pad_id: int, device: torch.device, wandb_run) -> tuple[Any, dict]:
     """The positive and negative adapters on one base model: reused from output_dir when trained for the same
-    inputs (a killed run resumes after the first adapter), else trained and saved."""
+    inputs (a killed run resumes after the first adapter), else trained and saved; an adapter trained for other
+    inputs stops the stage (OutputConflict)."""
     c = cfg.criticality
-    lora = lora_config(c.lora)
+    lora = lora_config(c.lora, model)
     sft = SFTConfig(**OmegaConf.to_container(c.sft, resolve=True), seed=int(cfg.seed))
     reports = {}
     for name in ADAPTERS:
-        key = adapter_key(cfg, name, samples_fps)
+        made_for_adapter = adapter_made_for(cfg, name, samples_fps)
+        key = config_hash(made_for_adapter)
         path = output_dir / name
-        if saved_adapter_key(path) == key:
+        if path.is_dir() and any(path.iterdir()):
+            # Reused when trained for the same inputs; one trained for others is never replaced.
+            saved = saved_adapter_info(path) or {}
+            check_made_for(path, f"the {name} LoRA adapter", stored=saved.get("made_for"), current=made_for_adapter,
+                           stored_hash=saved.get("key"), option=OUTPUT_OPTION)
             log.info("weights: reusing the %s adapter in %s", name, path)
             model = load_adapter(model, name, path)
-            reports[name] = json.loads((path / "train_info.json").read_text()).get("report", {})
+            reports[name] = saved.get("report", {})
             continue
         if not sets[name]:
             kind = "correct" if name == "positive" else "wrong"
@@ -126,7 +147,7 @@ def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedRespo
         model = add_adapter(model, name, lora)
         report = train_adapter(model, name, sets[name], sft, pad_id=pad_id, device=device, progress=bool(cfg.progress),
                                on_step=wandb_run.log if wandb_run else None)
-        save_adapter(model, name, path, {"key": key, "report": report})
+        save_adapter(model, name, path, {"key": key, "made_for": made_for_adapter, "report": report})
         log.info("weights: %s adapter trained on %d examples, loss %.3f -> %.3f", name, report["examples"],
                  report["loss_first"], report["loss_last"])
         reports[name] = report
@@ -143,6 +164,8 @@ def run(cfg: DictConfig) -> Path:
     if is_complete(output_dir, identity(cfg, "weights"), inputs):
         log.info("weights: %s is complete for this config and these inputs; nothing to do", output_dir)
         return output_dir / "pairs.jsonl"
+    # Before anything is written: weights of another config or other inputs in output_dir are never replaced.
+    check_manifest(output_dir, made_for, cfg, inputs, option=OUTPUT_OPTION)
     check_samples_finished(samples_dir)
     c = cfg.criticality
     pairs = [row for _, row in iter_pair_rows(pairs_dir / "pairs.jsonl")]

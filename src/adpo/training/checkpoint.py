@@ -3,23 +3,33 @@
 DeepSpeed writes a checkpoint's files first and its `latest` pointer last, so a run killed while saving resumes from
 the previous checkpoint. The data order depends only on the seed and the step (see loop.py), so the step counter,
 the engine's model/optimizer/scheduler states are all a resume needs.
+
+`made_for.json` beside the checkpoints records the config they were made under (written before the first one):
+checkpoints of another config are never resumed, pruned or overwritten (check_checkpoints raises OutputConflict).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from adpo.io import atomic_directory
+from adpo.config_diff import check_made_for
+from adpo.io import atomic_directory, atomic_write_json
+from adpo.manifest import config_hash
+from adpo.models import copy_processor_files
 
 log = logging.getLogger(__name__)
 
 TAG = re.compile(r"^step(\d+)$")
+MADE_FOR = "made_for.json"
 
 
 def tag_for(step: int) -> str:
@@ -32,6 +42,38 @@ def latest_step(ckpt_dir: Path) -> int | None:
         return None
     match = TAG.match(latest.read_text().strip())
     return int(match.group(1)) if match else None
+
+
+def holds_checkpoints(ckpt_dir: Path) -> bool:
+    """Any checkpoint, even one whose save was cut short (its `latest` pointer not yet written)."""
+    return ckpt_dir.is_dir() and any(TAG.match(p.name) or p.name == "latest" for p in ckpt_dir.iterdir())
+
+
+def record_made_for(ckpt_dir: Path, made_for: Mapping[str, Any]) -> None:
+    """Rank 0, before the first save: the config the checkpoints are made under, whole and as the hash they carry."""
+    atomic_write_json(ckpt_dir / MADE_FOR, {"fingerprint": config_hash(made_for), "made_for": dict(made_for)})
+
+
+def _client_state_hash(ckpt_dir: Path) -> str | None:
+    """The config hash inside the newest checkpoint (for checkpoints written before made_for.json existed)."""
+    step = latest_step(ckpt_dir)
+    states = sorted((ckpt_dir / tag_for(step)).glob("*mp_rank_00_model_states.pt")) if step is not None else []
+    if not states:
+        return None
+    # Memory-mapped: the hash is read without loading the weights.
+    return torch.load(states[0], map_location="cpu", weights_only=False, mmap=True).get("config_hash")
+
+
+def check_checkpoints(ckpt_dir: Path, made_for: Mapping[str, Any], *, option: str | None = None) -> None:
+    """Raise OutputConflict when ckpt_dir holds checkpoints made under another config than `made_for`."""
+    if not holds_checkpoints(ckpt_dir):
+        return
+    try:
+        record = json.loads((ckpt_dir / MADE_FOR).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        record = {"fingerprint": _client_state_hash(ckpt_dir)}
+    check_made_for(ckpt_dir, "training checkpoints", stored=record.get("made_for"), current=made_for,
+                   stored_hash=record.get("fingerprint"), option=option)
 
 
 def save(engine, ckpt_dir: Path, step: int, client_state: dict, *, keep: int, frozen_excluded: bool) -> None:
@@ -90,5 +132,7 @@ def export_model(engine, tokenizer, out_dir: Path, *, base_model: str, model_kwa
             else:
                 engine.module.save_pretrained(str(tmp), state_dict=state)
             tokenizer.save_pretrained(str(tmp))
+            # A multimodal base (Gemma-3) needs its processor files for vLLM to load the policy.
+            copy_processor_files(base_model, tmp)
         log.info("model written to %s", out_dir)
     dist.barrier()

@@ -97,7 +97,8 @@ def zero_stage(config: dict) -> int:
 def apply_lora(model, lora_cfg: DictConfig):
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(lora_cfg))
+    # Given the model, LoRA wraps the language model only (not Gemma-3's vision tower).
+    return get_peft_model(model, lora_config(lora_cfg, model))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
