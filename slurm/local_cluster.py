@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -92,11 +93,16 @@ def ensure_installed(log=print) -> None:
 class LocalCluster:
     """One slurmctld + one slurmd (+ munged) on localhost, configured and logging under `root`."""
 
-    def __init__(self, root: str | Path = DEFAULT_DIR, cpus: int | None = None, memory_mb: int | None = None):
+    def __init__(self, root: str | Path = DEFAULT_DIR, cpus: int | None = None, memory_mb: int | None = None,
+                 gpus: int = 0):
         self.root = Path(root).resolve()
         self.cpus = cpus or os.cpu_count() or 1
         # Leave some memory to the rest of the machine; without RealMemory every `--mem` request fails.
         self.memory_mb = memory_mb or int(_total_memory_mb() * 0.9)
+        # gpus > 0: a node shaped like a GPU node (count-only GPU GRES, no devices), so that the GPU requests of the
+        # paper's commands (--gpus-per-node=8, 64 CPUs, 480 GB) are scheduled here as they are on a cluster; the
+        # CPUs and memory declared may then exceed the machine's (slurmd's config_overrides).
+        self.gpus = gpus
         self.conf = self.root / "slurm.conf"
         self.bin = self.root / "bin"
         self.munge_dir = self.root / "munge"
@@ -185,13 +191,31 @@ MinJobAge=600
 # Seconds between SIGTERM and SIGKILL when a job is cancelled, requeued or preempted.
 KillWait=15
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=1
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
+{self._gpu_settings()}NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} \
+{f"Gres=gpu:{self.gpus} " if self.gpus else ""}State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
         )
+        (self.root / "gres.conf").write_text(self._gres_conf())  # slurmd reads gres.conf beside slurm.conf
         sacct = self.bin / "sacct"
         sacct.write_text(SACCT_SHIM)
         sacct.chmod(0o755)
+
+    def _gres_conf(self) -> str:
+        """GPUs as device files (slurmd counts a GPU only with a File=): character devices like /dev/null, which
+        SLURM hands out and exports as CUDA_VISIBLE_DEVICES; nothing on this machine can use them as a GPU."""
+        if not self.gpus:
+            return ""
+        devices = self.root / "dev"
+        devices.mkdir(exist_ok=True)
+        for index in range(self.gpus):
+            device = devices / f"nvidia{index}"
+            if not device.exists():
+                os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        return f"AutoDetect=off\nNodeName=localhost Name=gpu File={devices}/nvidia[0-{self.gpus - 1}]\n"
+
+    def _gpu_settings(self) -> str:
+        return "GresTypes=gpu\nSlurmdParameters=config_overrides\n" if self.gpus else ""
 
     def start(self, timeout: float = 60.0) -> None:
         """Start munged, slurmctld and slurmd, and wait until the node is idle."""
@@ -335,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=str(DEFAULT_DIR), help="scratch directory for config, state and logs")
     parser.add_argument("--cpus", type=int, default=None)
     parser.add_argument("--memory-mb", type=int, default=None)
+    parser.add_argument("--gpus", type=int, default=0,
+                        help="declare a GPU-shaped node with this many (count-only) GPUs")
     args = parser.parse_args(argv)
-    cluster = LocalCluster(args.dir, cpus=args.cpus, memory_mb=args.memory_mb)
+    cluster = LocalCluster(args.dir, cpus=args.cpus, memory_mb=args.memory_mb, gpus=args.gpus)
     if args.action == "start":
         ensure_installed(log=lambda m: print(m, file=sys.stderr))
         cluster.start()

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slurm"))
 from local_cluster import LocalCluster, ensure_installed  # noqa: E402
 
 
-def start_local_cluster() -> Iterator[LocalCluster]:
+def start_local_cluster(**shape) -> Iterator[LocalCluster]:
+    """A running cluster for a fixture; `shape`: LocalCluster's cpus, memory_mb, gpus (a GPU-shaped node)."""
     if os.geteuid() != 0:
         pytest.skip("the local SLURM cluster needs root (slurmd launches jobs; munged runs as the munge user)")
     try:
@@ -28,7 +29,7 @@ def start_local_cluster() -> Iterator[LocalCluster]:
     # Not under pytest's 0700 tmp dirs: munged (user munge) must reach its socket directory.
     root = Path(tempfile.mkdtemp(prefix="adpo-slurm-", dir="/tmp"))
     root.chmod(0o755)
-    cluster = LocalCluster(root)
+    cluster = LocalCluster(root, **shape)
     try:
         cluster.start()
         yield cluster

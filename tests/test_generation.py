@@ -107,14 +107,22 @@ def test_unknown_backend_is_refused(model_dir):
         load_generator({"backend": "tgi"}, model_dir)
 
 
-def test_vllm_cpu_head_size_is_checked_up_front(tmp_path, model_dir):
-    """vLLM-CPU's attention has no kernel for head size 16 (it fails deep in its first forward pass)."""
-    from adpo.generation.vllm_backend import check_cpu_head_size
+def test_vllm_cpu_refuses_an_unsupported_head_size_up_front_or_falls_back_to_hf(tmp_path, model_dir, capsys):
+    """vLLM-CPU's attention has no kernel for head size 16 (it fails deep in its first forward pass): said before
+    the engine starts, and with generation.cpu_fallback=hf the stage generates with transformers and says so."""
+    from adpo.generation.hf_backend import HFGenerator
+    from adpo.generation.vllm_backend import cpu_refusal
 
     head16 = build_model(tmp_path / "head16", hidden_size=64, num_heads=4)
+    assert "head size 16" in cpu_refusal(str(head16))
+    assert cpu_refusal(str(model_dir)) is None
+    generation = compose("eval", ["generation=vllm_cpu"]).generation
     with pytest.raises(ValueError, match="head size 16 .*generation=hf"):
-        check_cpu_head_size(str(head16), trust_remote_code=False)
-    check_cpu_head_size(str(model_dir), trust_remote_code=False)
+        load_generator(generation, head16)
+    generation.cpu_fallback = "hf"
+    generator = load_generator(generation, head16)
+    assert isinstance(generator, HFGenerator)
+    assert "generating with transformers" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- HF backend

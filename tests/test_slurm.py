@@ -313,3 +313,22 @@ def test_a_sweep_job_sent_submitits_usr2_checkpoints_is_requeued_and_resumes(slu
     steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41)), "after the resume, every step is logged once"
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+# --- a GPU-shaped node: the paper's resource requests, scheduled as on a GPU cluster ---------------------------------
+@pytest.fixture(scope="module")
+def gpu_slurm():
+    # 8 GPUs (device files), 64 CPUs and 1 TB declared: what the paper's jobs ask of one node.
+    yield from start_local_cluster(gpus=8, cpus=64, memory_mb=1_000_000)
+
+
+def test_a_gpu_shaped_node_schedules_the_papers_requests_and_hands_out_gpus(gpu_slurm, tmp_path):
+    out = tmp_path / "job.out"
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--gpus-per-node=8", "--cpus-per-task=64", "--mem=480G", f"--output={out}",
+         "--wrap", "echo gpus=$SLURM_GPUS_ON_NODE devices=$CUDA_VISIBLE_DEVICES"],
+        cwd=tmp_path, env=gpu_slurm.env(), capture_output=True, text=True, timeout=60, check=True)
+    job = submit.stdout.strip()
+    assert wait_for(lambda: job_states(gpu_slurm, job).get(job) == "COMPLETED", 60, f"job {job} to complete")
+    assert out.read_text().split() == ["gpus=8", "devices=0,1,2,3,4,5,6,7"]
+

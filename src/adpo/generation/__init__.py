@@ -12,6 +12,8 @@ Backends are imported lazily: importing this package does not import vLLM.
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ BACKENDS = ("vllm", "hf")
 
 __all__ = ["BACKENDS", "Completion", "Generator", "load_generator"]
 
+
+log = logging.getLogger(__name__)
 
 def load_generator(generation_cfg: DictConfig | Mapping[str, Any], model_path: str | Path,
                    prompt_format: str | None = None) -> Generator:
@@ -41,7 +45,18 @@ def load_generator(generation_cfg: DictConfig | Mapping[str, Any], model_path: s
 
         return HFGenerator(cfg, model_path, prompt_format)
     if backend == "vllm":
-        from adpo.generation.vllm_backend import VLLMGenerator
+        from adpo.generation.vllm_backend import VLLMGenerator, cpu_refusal
 
-        return VLLMGenerator(cfg, model_path, prompt_format)
+        reason = cpu_refusal(model_path, bool(cfg.get("trust_remote_code", False)))
+        if reason is None:
+            return VLLMGenerator(cfg, model_path, prompt_format)
+        if cfg.get("cpu_fallback") != "hf":
+            raise ValueError(f"{reason}; use generation=hf, or generation.cpu_fallback=hf to fall back to it")
+        # Said where a user reads it: the stage's output and log name the backend that ran.
+        message = f"vLLM on CPU cannot run {model_path}: {reason}; generating with transformers (cpu_fallback=hf)"
+        log.warning(message)
+        print(message, flush=True)
+        from adpo.generation.hf_backend import HFGenerator
+
+        return HFGenerator(cfg, model_path, prompt_format)
     raise ValueError(f"generation.backend must be one of {BACKENDS}, got {backend!r}")

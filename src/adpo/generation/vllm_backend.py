@@ -12,8 +12,12 @@ work that needs its own thread count out of that process.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
@@ -52,16 +56,23 @@ def _is_cpu_platform() -> bool:
     return current_platform.is_cpu()
 
 
-def check_cpu_head_size(model_path: str, trust_remote_code: bool) -> None:
-    """vLLM-CPU fails deep inside its first forward pass on an unsupported head size; say so up front."""
+def cpu_refusal(model_path: str, trust_remote_code: bool = False) -> str | None:
+    """Why vLLM cannot run this model on this machine's CPU, or None (always None on a GPU). vLLM-CPU fails deep
+    inside its first forward pass on an unsupported head size, and a multimodal model's processor import fails
+    without torchvision, which the CPU install leaves out: both are said up front."""
+    if not _is_cpu_platform():
+        return None
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     if head_dim not in CPU_HEAD_SIZES:
-        raise ValueError(
-            f"{model_path}: head size {head_dim} is not supported by vLLM's CPU attention (supported: "
-            f"{', '.join(map(str, CPU_HEAD_SIZES))}); use generation=hf for this model"
-        )
+        return (f"{model_path}: head size {head_dim} is not supported by vLLM's CPU attention (supported: "
+                f"{', '.join(map(str, CPU_HEAD_SIZES))})")
+    if getattr(config, "vision_config", None) is not None and importlib.util.find_spec("torchvision") is None:
+        architecture = ", ".join(getattr(config, "architectures", None) or [config.model_type])
+        return (f"{model_path} is multimodal ({architecture}) and vLLM's image processing for it needs torchvision, "
+                "which the CPU install leaves out")
+    return None
 
 
 def tensor_parallel_size(setting: int | str | None) -> int:
@@ -77,6 +88,23 @@ def tensor_parallel_size(setting: int | str | None) -> int:
     return size
 
 
+def tokenizer_for_vllm(model_path: str, tokenizer, trust_remote_code: bool = False) -> Path | None:
+    """A directory holding `tokenizer` as this project loads it, when vLLM's own AutoTokenizer would build another
+    one from model_path (DeepSeek's files under transformers 5: a byte-level BPE rebuilt without its spaces, see
+    adpo.models.load_tokenizer): vLLM decodes the output text, and so matches stop strings, with its tokenizer.
+    None when both agree."""
+    from transformers import AutoTokenizer
+
+    theirs = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    if type(theirs) is type(tokenizer):
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="adpo-vllm-tokenizer-"))
+    tokenizer.save_pretrained(str(directory))
+    log.info("vLLM reads the tokenizer from %s (%s, as loaded here; AutoTokenizer would give %s)", directory,
+             type(tokenizer).__name__, type(theirs).__name__)
+    return directory
+
+
 class VLLMGenerator(Generator):
     backend = "vllm"
 
@@ -90,10 +118,15 @@ class VLLMGenerator(Generator):
                 # Without it vLLM-CPU claims most of the machine's memory for its KV cache, then refuses to start.
                 raise ValueError("vLLM found no GPU and runs on CPU: use generation=vllm_cpu (KV cache size, "
                                  "in-process engine) or generation=hf, or set generation.cpu_kvcache_space_gib")
-            check_cpu_head_size(model_path, trust)
+            reason = cpu_refusal(model_path, trust)
+            if reason:
+                raise ValueError(f"{reason}; use generation=hf for this model")
+        # The HF tokenizer, so that prompts are encoded by the same rule as in the HF backend and in training.
+        tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
+        self._tokenizer_dir = tokenizer_for_vllm(model_path, tokenizer, trust)
         engine_args = dict(
             model=str(model_path),
-            tokenizer=str(model_path),
+            tokenizer=str(self._tokenizer_dir or model_path),
             dtype=cfg.get("dtype") or "auto",
             max_model_len=cfg.get("max_model_len"),
             tensor_parallel_size=tensor_parallel_size(cfg.get("tensor_parallel_size")),
@@ -110,8 +143,6 @@ class VLLMGenerator(Generator):
         engine_args = {k: v for k, v in engine_args.items() if v is not None}
         log.info("starting vLLM engine: %s", engine_args)
         self.llm = LLM(**engine_args)
-        # The HF tokenizer, so that prompts are encoded by the same rule as in the HF backend and in training.
-        tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
         super().__init__(model_path, tokenizer, self.llm.llm_engine.model_config.max_model_len, prompt_format)
 
     def _generate(self, request: Request) -> list[list[Completion]]:
@@ -151,6 +182,8 @@ class VLLMGenerator(Generator):
         return self.completion(list(output.token_ids), reason, ended_on_token, stop)
 
     def close(self) -> None:
+        if getattr(self, "_tokenizer_dir", None):
+            shutil.rmtree(self._tokenizer_dir, ignore_errors=True)
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             engine = getattr(llm, "llm_engine", None)
