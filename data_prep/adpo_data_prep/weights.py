@@ -101,7 +101,7 @@ def adapter_made_for(cfg: DictConfig, name: str, samples_fingerprints: dict[str,
             "lora": OmegaConf.to_container(c.lora, resolve=True),
             "sft": OmegaConf.to_container(c.sft, resolve=True),
             "max_examples": c.max_examples, "negative_include_no_answer": c.negative_include_no_answer,
-            "samples": samples_fingerprints, "seed": int(cfg.seed)}
+            "samples": samples_fingerprints, "seed": int(cfg.criticality.seed)}
 
 
 def adapter_key(cfg: DictConfig, name: str, samples_fingerprints: dict[str, str]) -> str:
@@ -124,7 +124,7 @@ def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedRespo
     inputs stops the stage (OutputConflict)."""
     c = cfg.criticality
     lora = lora_config(c.lora, model)
-    sft = SFTConfig(**OmegaConf.to_container(c.sft, resolve=True), seed=int(cfg.seed))
+    sft = SFTConfig(**OmegaConf.to_container(c.sft, resolve=True), seed=int(c.seed))
     reports = {}
     for name in ADAPTERS:
         made_for_adapter = adapter_made_for(cfg, name, samples_fps)
@@ -143,7 +143,7 @@ def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedRespo
             kind = "correct" if name == "positive" else "wrong"
             raise DataError(f"no {kind} samples to fine-tune the {name} model on (samples: {list(samples_fps)})")
         # Seeded per adapter (LoRA init, dropout, order): the same adapter whether or not the other was reused.
-        torch.manual_seed(int(cfg.seed) * len(ADAPTERS) + ADAPTERS.index(name))
+        torch.manual_seed(int(c.seed) * len(ADAPTERS) + ADAPTERS.index(name))
         model = add_adapter(model, name, lora)
         report = train_adapter(model, name, sets[name], sft, pad_id=pad_id, device=device, progress=bool(cfg.progress),
                                on_step=wandb_run.log if wandb_run else None)
@@ -175,7 +175,7 @@ def run(cfg: DictConfig) -> Path:
     model = load_causal_lm(model_path, dtype=cfg.model.get("dtype", "auto"), trust_remote_code=trust, device=device)
     pad_id = tokenizer.pad_token_id
     encode = encoder(cfg, tokenizer)
-    sets = finetune_sets(read_samples(samples_dir), cfg, encode, int(cfg.seed))
+    sets = finetune_sets(read_samples(samples_dir), cfg, encode, int(cfg.criticality.seed))
     wandb_run = init_wandb(cfg, job_type="weights")
     # Content, not the samples manifest: a sample stage rerun that only rewrote its manifest keeps the adapters.
     samples_fps = {p.name: file_sha256(p)[:16] for p in sample_files(samples_dir)}

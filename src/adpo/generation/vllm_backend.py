@@ -137,6 +137,11 @@ class VLLMGenerator(Generator):
             seed=int(cfg.get("engine_seed") or 0),
             trust_remote_code=trust,
         )
+        if _is_cpu_platform():
+            # vLLM rewinds a seeded request's random generator when it splits the request's prefill across steps,
+            # with an offset API only CUDA generators have ("CPU Generator does not use offset"): every sample here
+            # is seeded, so on CPU prompts are never split (seen with 16 answers x 4 few-shot prompts per shard).
+            engine_args["enable_chunked_prefill"] = False
         extra = cfg.get("engine_kwargs")
         if extra:
             engine_args.update(OmegaConf.to_container(extra, resolve=True))
