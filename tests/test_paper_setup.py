@@ -86,16 +86,18 @@ def test_the_pipeline_runs_every_stage_with_the_papers_settings(model, dataset):
 
 
 def dry_run_jobs(stage: str, sweep: str, cwd: Path) -> tuple[list[list[str]], str]:
-    """Each job's overrides and the resources line, as `adpo-sweep STAGE +sweep=SWEEP --dry-run` prints them."""
-    proc = run([sys.executable, "-m", "adpo.sweep", stage, f"+sweep={sweep}", "--dry-run"], cwd)
+    """Each job's overrides and the resources line, as `adpo-sweep STAGE +sweep=SWEEP --dry-run` prints them.
+    Narrowed to seed 0 from the command line, as the README shows: seeds change no setting of the table, and every
+    job of a sweep is composed twice before its dry run prints (~0.5 s each here)."""
+    proc = run([sys.executable, "-m", "adpo.sweep", stage, f"+sweep={sweep}", "seed=0", "--dry-run"], cwd)
     jobs = [shlex.split(line.replace("\\:", ":")) for line in re.findall(r"^job \d+: (.*)$", proc.stdout, re.M)]
     resources = re.search(r"^resources: (.*)$", proc.stdout, re.M).group(1)
     return jobs, resources
 
 
 SWEEPS = [("prepare", "paper_data", 8), ("sample", "paper_data", 8), ("pairs", "paper_data", 8),
-          ("weights", "paper_data", 8), ("train", "paper_main", 96), ("eval", "paper_main", 96),
-          ("train", "granularity", 54), ("eval", "granularity", 54)]
+          ("weights", "paper_data", 8), ("train", "paper_main", 32), ("eval", "paper_main", 32),
+          ("train", "granularity", 18), ("eval", "granularity", 18)]
 
 
 @pytest.mark.parametrize(("stage", "sweep", "n_jobs"), SWEEPS, ids=[f"{s}-{w}" for s, w, _ in SWEEPS])
@@ -107,9 +109,7 @@ def test_the_slurm_sweeps_compose_the_papers_settings(stage, sweep, n_jobs, tmp_
         assert nodes * tasks == PROCESSES_PER_TRAINING_JOB, resources
     problems = []
     config_name = registered(stage).config
-    # Seeds change no setting of the table: one job per everything else keeps this quick.
-    distinct = {tuple(o for o in job if not o.startswith("seed=")): job for job in jobs}
-    for overrides in distinct.values():
+    for overrides in jobs:
         model, dataset = job_model_and_dataset(overrides)
         problems += mismatches(compose(config_name, overrides), stage, model, dataset)
     assert not problems, "\n".join(problems[:20])
