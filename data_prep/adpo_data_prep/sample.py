@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from adpo.config import stage_main
 from adpo.config_diff import check_manifest
@@ -111,6 +111,8 @@ def run(cfg: DictConfig) -> Path:
                            fingerprint=shard_made_for(cfg, problems_file), progress=bool(cfg.progress),
                            desc=f"sampling n={s.n}", option=OUTPUT_OPTION, on_start=mark_running)
     summary = summarize(rows)
+    # The backend that ran: not the configured one where vLLM fell back to transformers (generation.cpu_fallback=hf).
+    summary["generated_with"] = graded.backend_used
     atomic_write_json(output_dir / "summary.json", summary)
     print(f"sample: {summary['samples']} samples of {summary['questions']} questions -> {output_dir}: "
           f"accuracy {summary['sample_accuracy']:.3f}, no answer {summary['no_answer_rate']:.3f}, "

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from adpo.config import stage_main
 from adpo.config_diff import check_manifest
@@ -181,6 +181,8 @@ def run(cfg: DictConfig) -> Path:
         num_shots=cfg.eval.num_shots,
         max_new_tokens=int(cfg.eval.max_new_tokens),
         backend=cfg.generation.backend,
+        # What ran: differs from `backend` where vLLM fell back to transformers (generation.cpu_fallback=hf).
+        generated_with=evaluator.backend_used,
         run_name=cfg.get("run_name"),
         # Speed of the generation done by this process (None when every shard was already written).
         generated_tokens=evaluator.generated_tokens,

@@ -61,6 +61,11 @@ class GradedGeneration:
         return self._generator
 
     @property
+    def backend_used(self) -> str | None:
+        """The backend that generated ("hf" where vLLM fell back to transformers); None if nothing was generated."""
+        return None if self._generator is None else self._generator.backend
+
+    @property
     def grader(self):
         if self._grader is None:
             from adpo.grading import Grader
