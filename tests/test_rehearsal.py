@@ -89,12 +89,8 @@ def gpu_cluster():
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> Path:
-    from adpo_data_prep.tiny_paper_models import build_tiny_model
-
-    out = tmp_path_factory.mktemp("tiny_paper_models")
-    for arch in ARCHITECTURES:
-        build_tiny_model(arch, out / arch)
-    return out
+    """ADPO_TINY_MODELS: the directory of the tiny models, each built when its architecture is rehearsed."""
+    return tmp_path_factory.mktemp("tiny_paper_models")
 
 
 @pytest.fixture(scope="module", params=[a if a == "llama3_8b" else pytest.param(a, marks=pytest.mark.all_architectures)
@@ -104,9 +100,12 @@ def model(request) -> str:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, model) -> Path:
+def workdir(tmp_path_factory, tiny_models, model) -> Path:
     """One working directory per architecture, standing in for the checkout a user runs the commands from (with its
     slurm/ and .venv/ linked, so that nothing lands in the repo): each block continues from what the last made."""
+    from adpo_data_prep.tiny_paper_models import build_tiny_model
+
+    build_tiny_model(model, tiny_models / model)
     directory = tmp_path_factory.mktemp(f"rehearsal-{model}")
     for name in ("slurm", ".venv"):
         (directory / name).symlink_to(REPO / name)
@@ -235,12 +234,15 @@ def test_the_readmes_pipeline_stage_and_table_commands_compose_what_the_sweeps_r
     finished = {p: p.read_bytes() for p in root.rglob("manifest.json")}
     assert len(finished) >= 4 + 8 + 5, sorted(finished)  # data stages, 8 trainings, their evaluations
     env = cluster_env(gpu_cluster, tiny_models)
-    outputs = {}
+    outputs, durations = {}, {}
     for command in [*commands, aggregate]:
+        started = time.monotonic()
         proc = subprocess.run(as_run(command, model), cwd=workdir, env=env, capture_output=True, text=True,
                               timeout=900)
+        durations[command] = time.monotonic() - started
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         outputs[command] = proc.stdout
+    print(f"\n{model}:\n" + "\n".join(f"{seconds:6.1f} s  {command}" for command, seconds in durations.items()))
     changed = [str(p.relative_to(root)) for p, before in finished.items() if p.read_bytes() != before]
     assert not changed, f"redone: {changed}"
     assert json.loads((root / "eval" / "base" / "metrics.json").read_text())["total"] == 16

@@ -9,7 +9,9 @@ model_type and `architectures`, rope theta, the ratio of query to key/value head
 sliding-window layer pattern, query_pre_attn_scalar, head size decoupled from the hidden size, unset soft-capping and
 its vision tower, whether embeddings are tied, and a model vocabulary padded beyond the tokenizer's where the real one
 is. Only the sizes are tiny (hidden 96-128, 2-6 layers, 0.6-1.2M parameters; attention heads of 32, a size vLLM-CPU
-has kernels for). Weights are random from `seed`: the same seed writes the same files.
+has kernels for). Weights are random from `seed`, then trained for a few seconds on built-in text (`warm_up`: the
+exemplars' answer format, so that sampling them gives some right answers and so preference pairs); the same seed
+writes the same files.
 
 The tokenizers are BPEs trained in a second on built-in English and math text (the few-shot exemplars plus a
 paragraph of prose), with the real tokenizer's pipeline (byte-level with Llama-3's or Qwen's split rule, digits one by
@@ -74,6 +76,8 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 QWEN_SPLIT = QWEN2_PRETOKENIZE_REGEX
 
 TARGET_VOCAB = 1024
+# Steps of training on built-in text after the random init (see warm_up).
+WARM_UP_STEPS = 60
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
     "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n"
@@ -365,9 +369,37 @@ def _name_tokenizer_class(model_dir: Path, name: str) -> None:
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
-def build_tiny_model(arch: str, out_dir: Path, seed: int = 0) -> Path:
-    """Write the tiny `arch` (one of ARCHITECTURES) to out_dir: weights (random from `seed`), config, generation
-    config, tokenizer and, for Gemma-3, its processor files. Replaces out_dir whole; returns it."""
+def warm_up(model, tokenizer, steps: int, seed: int, batch_size: int = 8, max_tokens: int = 256) -> None:
+    """`steps` of next-token training on training_text() (a few seconds). A purely random model almost never writes
+    a number that grades right, so the chain sampled from it may find no preference pair (DeepSeek's digit-by-digit
+    tokens: 0 right of 1024 samples); warmed up, it writes the exemplars' "The answer is N." and some answers are
+    right on any CPU. No EOS is trained: greedy answers still run to their token budget."""
+    texts = training_text()
+    encoded = [tokenizer(t)["input_ids"][:max_tokens] for t in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        rows = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=generator).tolist()]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for i, row in enumerate(rows):
+            input_ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        labels = input_ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def build_tiny_model(arch: str, out_dir: Path, seed: int = 0, warm_up_steps: int = WARM_UP_STEPS) -> Path:
+    """Write the tiny `arch` (one of ARCHITECTURES) to out_dir: weights (random from `seed`, then `warm_up_steps` of
+    training on built-in text), config, generation config, tokenizer and, for Gemma-3, its processor files.
+    Replaces out_dir whole; returns it."""
     import transformers
 
     if arch not in RECIPES:
@@ -377,6 +409,8 @@ def build_tiny_model(arch: str, out_dir: Path, seed: int = 0) -> Path:
     config = recipe.config(tokenizer)
     torch.manual_seed(seed)
     model = getattr(transformers, recipe.model_class)(config).to(torch.float32)
+    if warm_up_steps:
+        warm_up(model, tokenizer, warm_up_steps, seed)
     model.generation_config = _generation_config(config)
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
@@ -399,12 +433,14 @@ def main(argv: list[str] | None = None) -> None:
     which.add_argument("--all", action="store_true", help="every architecture, into OUT/<arch>/")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warm-up-steps", type=int, default=WARM_UP_STEPS,
+                        help="steps of training on built-in text after the random init (0: purely random)")
     args = parser.parse_args(argv)
     if args.all:
         for arch in ARCHITECTURES:
-            print(build_tiny_model(arch, args.out / arch, args.seed))
+            print(build_tiny_model(arch, args.out / arch, args.seed, args.warm_up_steps))
     else:
-        print(build_tiny_model(args.arch, args.out, args.seed))
+        print(build_tiny_model(args.arch, args.out, args.seed, args.warm_up_steps))
 
 
 if __name__ == "__main__":

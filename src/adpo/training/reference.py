@@ -13,6 +13,7 @@ import gc
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -115,6 +116,18 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _job_token(world: int) -> str:
+    """A random token drawn by rank 0 and shared by every rank of this job."""
+    token = [uuid.uuid4().hex[:12]]
+    if world > 1:
+        dist.broadcast_object_list(token, src=0)
+    return token[0]
+
+
+def _part_path(cache_path: Path, token: str, rank: int, world: int) -> Path:
+    return cache_path.with_name(f".{cache_path.name}.{token}.part{rank}of{world}")
+
+
 def reference_logps(pairs: Sequence[TokenizedPair], *, cache_path: Path, meta: dict, load_model, pad_token_id: int,
                     batch_size: int, device, progress: bool = False) -> tuple[ReferenceLogps, bool]:
     """The cached log-probs, computing them first when absent (every rank a shard). Returns (logps, was_cached).
@@ -140,7 +153,10 @@ def reference_logps(pairs: Sequence[TokenizedPair], *, cache_path: Path, meta: d
     with contextlib.suppress(Exception):
         torch.cuda.empty_cache()
 
-    part = cache_path.with_name(f".{cache_path.name}.part{rank}of{world}")
+    # Jobs of one sweep on the same pairs (DPO and ADPO, cDPO and cADPO) compute the same cache at the same time:
+    # each job's parts carry a token of its own, so that one job never reads or deletes another's.
+    token = _job_token(world)
+    part = _part_path(cache_path, token, rank, world)
     if world > 1:
         _atomic_torch_save({"index": shard, "values": values}, part)
     _barrier()
@@ -151,7 +167,7 @@ def reference_logps(pairs: Sequence[TokenizedPair], *, cache_path: Path, meta: d
                 merged[i] = v
         else:
             for r in range(world):
-                other = cache_path.with_name(f".{cache_path.name}.part{r}of{world}")
+                other = _part_path(cache_path, token, r, world)
                 data = torch.load(other, map_location="cpu", weights_only=True)
                 for i, v in zip(data["index"], data["values"]):
                     merged[i] = v
