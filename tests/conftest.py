@@ -33,14 +33,14 @@ SAMPLE_TEXT = [
 def pytest_addoption(parser):
     parser.addoption("--all-architectures", action="store_true",
                      help="also rehearse the paper chain with the tiny Gemma-3, Qwen-3 and DeepSeek-Math models "
-                          "(tests/test_rehearsal.py; ~15 min more on 2 cores; Llama-3 always runs)")
+                          "(tests/test_rehearsal.py; ~18 min more on 2 cores; Llama-3 always runs)")
 
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--all-architectures"):
         return
     skip = pytest.mark.skip(reason="the other three architectures' rehearsal runs with --all-architectures "
-                                   "(~15 min on 2 cores; the default suite rehearses Llama-3)")
+                                   "(~18 min more on 2 cores; the default suite rehearses Llama-3)")
     for item in items:
         if "all_architectures" in item.keywords:
             item.add_marker(skip)
