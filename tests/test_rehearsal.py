@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from adpo_data_prep.tiny_paper_models import ARCHITECTURES
-from slurm_cluster import start_local_cluster
+from slurm_cluster import start_local_cluster, wait_for
 from train_helpers import stage_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,17 +172,15 @@ def test_the_readmes_slurm_sweeps_run_the_papers_chain(gpu_cluster, tiny_models,
 
 def wait_for_jobs(cluster, job_ids: list[str], timeout: float) -> dict[str, str]:
     """Poll until every job of `job_ids` has ended; {job id: state}."""
-    deadline = time.monotonic() + timeout
     ended = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
-    states: dict[str, str] = {}
-    while time.monotonic() < deadline:
+
+    def final_states() -> dict[str, str] | None:
         out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)],
                              env=cluster.env(), capture_output=True, text=True, timeout=30, check=True).stdout
         states = dict(line.split("|") for line in out.split())
-        if set(states) >= set(job_ids) and all(states[j] in ended for j in job_ids):
-            return {j: states[j] for j in job_ids}
-        time.sleep(2)
-    raise AssertionError(f"jobs still queued or running after {timeout:.0f} s: {states}")
+        return {j: states[j] for j in job_ids} if all(states.get(j) in ended for j in job_ids) else None
+
+    return wait_for(final_states, timeout, f"jobs {', '.join(job_ids)} to end", interval=2)
 
 
 @needs_data
