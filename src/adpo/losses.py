@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from adpo.segments import Granularity, parse_granularity, response_positions, segment_counts, segment_ids, segment_sums
 
 LENGTH_MODES = ("max", "min")
-REDUCTIONS = ("sum", "mean")
+REDUCTIONS = ("sum", "mean", "grid")
 
 SegmentLoss = Callable[[torch.Tensor, float], torch.Tensor]
 SEGMENT_LOSSES: dict[str, SegmentLoss] = {}
@@ -87,8 +87,11 @@ def preference_loss(
     widths may differ. Masks mark response tokens (contiguous, right-padded or at any offset). Weights, when given,
     multiply d_t before segments are summed. length_mode "max" pairs max(n_w, n_l) segments, the shorter response
     contributing S = 0; "min" truncates both responses to their shared length first. reduction "sum" adds the
-    segment losses (the paper), "mean" divides by the number of paired segments. segment_loss names the function
-    applied to each paired segment's margin (SEGMENT_LOSSES).
+    segment losses (the paper), "mean" divides by the number of paired segments, "grid" (token granularity only) is
+    the official cDPO code's `losses.mean()` over its padded position grid: every one of the G = max(Tw, Tl) columns
+    the log-ratios come in is a term, those outside both responses with margin 0, and the sum is divided by G (so
+    the batch mean of these losses is that code's loss, for the prompt + response layout it pads to the longest row).
+    segment_loss names the function applied to each paired segment's margin (SEGMENT_LOSSES).
     """
     if length_mode not in LENGTH_MODES:
         raise ValueError(f"length_mode must be one of {LENGTH_MODES}, got {length_mode!r}")
@@ -96,6 +99,9 @@ def preference_loss(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     link = get_segment_loss(segment_loss)
     gran = parse_granularity(granularity)
+    if reduction == "grid" and not (gran.kind == "token" or (gran.kind == "static" and gran.size == 1)):
+        raise ValueError(f"reduction 'grid' (the official cDPO code's per-position mean) needs token granularity, "
+                         f"got {gran}")
     mask_w, mask_l = chosen_mask.bool(), rejected_mask.bool()
     if length_mode == "min":
         mask_w, mask_l = _truncate_to_shared_length(mask_w, mask_l)
@@ -118,6 +124,11 @@ def preference_loss(
     loss = segment_losses.sum(-1)
     if reduction == "mean":
         loss = loss / paired.clamp(min=1).to(loss.dtype)
+    elif reduction == "grid":
+        grid = max(d_w.shape[-1], d_l.shape[-1])
+        # Columns outside both responses: margin 0, a constant (log 2 for the sigmoid) without gradient.
+        outside = (grid - paired).to(loss.dtype)
+        loss = (loss + outside * link(torch.zeros((), dtype=loss.dtype, device=loss.device), beta)) / grid
 
     with torch.no_grad():
         reward_w = beta * d_w.sum(-1)

@@ -112,13 +112,27 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+LR_SCHEDULES = ("cosine", "linear")
+
+
+def lr_schedule(name: str):
+    """transformers' warmup + decay schedule named by train.schedule: fn(optimizer, warmup_steps, total_steps)."""
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    schedules = dict(zip(LR_SCHEDULES, (get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup)))
+    if name not in schedules:
+        raise ValueError(f"train.schedule must be one of {LR_SCHEDULES}, got {name!r}")
+    return schedules[name]
+
+
 def build_engine(model: torch.nn.Module, train_cfg: DictConfig, ds_config: dict, total_steps: int):
     """deepspeed.initialize with torch's AdamW (DeepSpeed's fused Adam would be compiled on first use) and a
-    linear-warmup + cosine schedule stepped once per optimizer step."""
+    linear warmup then train.schedule's decay to 0 (cosine, or linear as TRL's default), stepped once per optimizer
+    step."""
     import deepspeed
-    from transformers import get_cosine_schedule_with_warmup
 
     warmup = int(round(float(train_cfg.warmup_ratio) * total_steps))
+    make_schedule = lr_schedule(str(train_cfg.get("schedule", "cosine")))
     # fused: one kernel over all parameters (CPU and CUDA); the default per-tensor loop was ~10% of a CPU step.
     optimizer = torch.optim.AdamW(param_groups(model, float(train_cfg.weight_decay)), lr=float(train_cfg.lr),
                                   betas=tuple(train_cfg.adam_betas), eps=float(train_cfg.adam_eps),
@@ -126,7 +140,7 @@ def build_engine(model: torch.nn.Module, train_cfg: DictConfig, ds_config: dict,
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, total_steps),
+        lr_scheduler=lambda opt: make_schedule(opt, warmup, total_steps),
         config=ds_config,
     )
     return engine

@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from adpo.config_diff import check_made_for, check_manifest
-from adpo.io import atomic_write_jsonl, atomic_write_text, file_sha256
+from adpo.io import DataError, atomic_write_jsonl, atomic_write_text, file_sha256
 from adpo.manifest import config_hash, identity
 from adpo.models import load_causal_lm, load_tokenizer
 from adpo.training import checkpoint, engine as eng
-from adpo.training.pairs_data import (PAIRS_FILE, PairBatch, TokenizedPair, check_weights_tokenizer, make_batch,
-                                      read_pairs, tokenize_pairs)
+from adpo.training.pairs_data import (LENGTH_POLICIES, PAIRS_FILE, PairBatch, TokenizedPair, check_weights_tokenizer,
+                                      make_batch, read_pairs, tokenize_pairs, within_length_limits)
 from adpo.training.preemption import StopRequest
 from adpo.training.reference import ReferenceLogps, cache_key, model_fingerprint, reference_logps
 from adpo.training.schedule import DataSchedule
@@ -118,6 +118,7 @@ class TrainingSetup:
 
     tokenizer: Any
     pairs: list[TokenizedPair]
+    pairs_dropped: int  # over the length limits, under train.length_policy=drop
     reference: ReferenceLogps
     reference_cache: Path
     reference_seconds: float  # computing the reference log-probs (about 0 when the cache was reused)
@@ -138,7 +139,8 @@ class TrainingSetup:
     def micro_batches(self, step: int) -> list[PairBatch]:
         """This rank's micro-batches of optimizer step `step` (0-based), on the device."""
         return [make_batch([self.pairs[i] for i in idx], [self.reference[i] for i in idx], self.tokenizer.pad_token_id,
-                           use_weights=self.method.use_weights).to(self.device)
+                           use_weights=self.method.use_weights, eos_weight=self.method.eos_weight,
+                           eos_token_id=self.tokenizer.eos_token_id).to(self.device)
                 for idx in self.schedule.micro_batches(step, self.rank)]
 
 
@@ -147,6 +149,7 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     its DeepSpeed engine, and the data schedule: all that the loop of train() needs."""
     tcfg, mcfg = cfg.train, cfg.model
     method = MethodSpec.from_cfg(cfg.method)
+    eng.lr_schedule(str(tcfg.get("schedule", "cosine")))  # a bad name fails here, not after the reference pass
     pairs_path = Path(cfg.input_dir) / PAIRS_FILE
     progress = bool(cfg.get("progress", True)) and eng.env_rank() == 0
     if not progress:
@@ -162,13 +165,28 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     if method.use_weights:
         check_weights_tokenizer(records, tokenizer, str(mcfg.name_or_path))
     pairs = tokenize_pairs(records, tokenizer, **tokenization)
+    length_policy = str(tcfg.get("length_policy", "truncate"))
+    if length_policy not in LENGTH_POLICIES:
+        raise ValueError(f"train.length_policy must be one of {LENGTH_POLICIES}, got {length_policy!r}")
+    # The reference log-probs are computed for every pair (one cache whatever the policy), then the same pairs kept.
+    keep = (within_length_limits(records, tokenizer, **tokenization) if length_policy == "drop"
+            else [True] * len(pairs))
+    dropped = keep.count(False)
+    if dropped:
+        log.info("train.length_policy=drop: %d of %d pairs left out (prompt >= model.max_prompt_length=%s or "
+                 "prompt + response >= model.max_length=%s tokens)", dropped, len(pairs),
+                 tokenization["max_prompt_length"], tokenization["max_length"])
+    if dropped == len(pairs):
+        raise DataError(f"{pairs_path}: every pair is over the length limits (model.max_prompt_length="
+                        f"{tokenization['max_prompt_length']}, model.max_length={tokenization['max_length']}) "
+                        "and train.length_policy=drop leaves out all of them")
 
     rank, world = eng.init_distributed()
     if rank != 0:
         logging.getLogger("adpo").setLevel(logging.WARNING)
     device = eng.device()
     torch.manual_seed(int(tcfg.seed))
-    schedule = DataSchedule(len(pairs), micro_batch_size=int(tcfg.micro_batch_size),
+    schedule = DataSchedule(keep.count(True), micro_batch_size=int(tcfg.micro_batch_size),
                             accumulation=int(tcfg.gradient_accumulation_steps), world_size=world,
                             seed=int(tcfg.seed))
     total_steps = int(tcfg.max_steps) if tcfg.get("max_steps") else int(tcfg.epochs) * schedule.steps_per_epoch
@@ -178,7 +196,7 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
                     "trust_remote_code": bool(mcfg.get("trust_remote_code", False)),
                     "revision": mcfg.get("revision")}
     log.info("%d pairs, %d ranks, global batch %d, %d steps (%d per epoch), method %s %s, ZeRO-%d%s",
-             len(pairs), world, schedule.global_batch, total_steps, schedule.steps_per_epoch, cfg.method.name,
+             keep.count(True), world, schedule.global_batch, total_steps, schedule.steps_per_epoch, cfg.method.name,
              method.granularity, eng.zero_stage(ds_config), ", bf16" if bf16 else "")
 
     # --- reference log-probs: computed once, cached beside the pairs --------------------------------------------
@@ -194,6 +212,9 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
         load_model=lambda: load_causal_lm(ref_name, **{**model_kwargs, "dtype": ref_dtype}).to(device),
     )
     reference_seconds = time.perf_counter() - started
+    if dropped:
+        pairs = [p for p, k in zip(pairs, keep) if k]
+        reference = [r for r, k in zip(reference, keep) if k]
     log.info("reference log-probs %s %s (%.1f s)", "reused from" if cached else "cached in", cache_path,
              reference_seconds)
 
@@ -213,7 +234,8 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
             model.enable_input_require_grads()
         model = eng.apply_lora(model, tcfg.lora)
     engine = eng.build_engine(model, tcfg, ds_config, total_steps)
-    return TrainingSetup(tokenizer=tokenizer, pairs=pairs, reference=reference, reference_cache=cache_path,
+    return TrainingSetup(tokenizer=tokenizer, pairs=pairs, pairs_dropped=dropped, reference=reference,
+                         reference_cache=cache_path,
                          reference_seconds=reference_seconds, method=method, schedule=schedule,
                          total_steps=total_steps, ds_config=ds_config, model_kwargs=model_kwargs, lora=lora,
                          engine=engine, rank=rank, world=world, device=device, progress=progress,
@@ -310,5 +332,6 @@ def train(cfg: DictConfig) -> dict:
         wandb_run.summary.update({f"final/{k}": v for k, v in last.items()})
         wandb_run.finish()
     return {"rank": rank, "world_size": world, "steps": total_steps, "pairs": len(setup.pairs),
+            "pairs_dropped_over_length": setup.pairs_dropped,
             "reference_cache": str(setup.reference_cache), "final_metrics": last,
             "deepspeed": OmegaConf.to_container(OmegaConf.create(setup.ds_config))}

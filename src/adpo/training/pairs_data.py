@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair
+from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair, encode_prompt, encode_response
 from adpo.io import DataError, iter_jsonl, require_field
 from adpo.models import load_tokenizer
 
@@ -125,6 +125,25 @@ def tokenize_pairs(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizer
     return out
 
 
+LENGTH_POLICIES = ("truncate", "drop")
+
+
+def within_length_limits(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizerBase, *,
+                         prompt_format: str = "plain", max_prompt_length: int | None = None,
+                         max_length: int | None = None) -> list[bool]:
+    """Per pair, whether the official cDPO code keeps it (`len(question_ids) < 512 and len(question + response ids)
+    < 1024`, both responses): prompt ids (with BOS) fewer than max_prompt_length, prompt + response ids (without
+    the EOS) fewer than max_length. Under train.length_policy=drop the others are left out instead of truncated."""
+    keep = []
+    for rec in records:
+        prompt = len(encode_prompt(tokenizer, rec.prompt, prompt_format))
+        longest = max(len(encode_response(tokenizer, r)) - (tokenizer.eos_token_id is not None)
+                      for r in (rec.chosen, rec.rejected))
+        keep.append((max_prompt_length is None or prompt < max_prompt_length)
+                    and (max_length is None or prompt + longest < max_length))
+    return keep
+
+
 @dataclass
 class PairBatch:
     """One micro-batch: rows [0, B) are the chosen responses, rows [B, 2B) the rejected ones."""
@@ -145,9 +164,32 @@ class PairBatch:
                                              self.reference_logps, self.weights)))
 
 
+EOS_WEIGHT_LONGEST = "longest"
+
+
+def check_eos_weight(value: float | str | None) -> float | str | None:
+    """None, a weight in [0, 1], or "longest" (method.eos_weight); anything else raises ValueError naming the key."""
+    if value is None or value == EOS_WEIGHT_LONGEST:
+        return value
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = math.nan
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"method.eos_weight must be null, a number in [0, 1] or {EOS_WEIGHT_LONGEST!r}, got {value!r}")
+    return weight
+
+
 def make_batch(pairs: Sequence[TokenizedPair], reference: Sequence[tuple[torch.Tensor, torch.Tensor]],
-               pad_token_id: int, *, use_weights: bool = False) -> PairBatch:
-    """Collate pairs and their reference log-probs ((chosen, rejected) per pair, one value per response token)."""
+               pad_token_id: int, *, use_weights: bool = False, eos_weight: float | str | None = None,
+               eos_token_id: int | None = None) -> PairBatch:
+    """Collate pairs and their reference log-probs ((chosen, rejected) per pair, one value per response token).
+
+    eos_weight replaces the weight of a weighted response's final EOS token (method.eos_weight): None keeps the
+    weights stage's value; a number is the official cDPO code's layout (`1 - (ce_prob + [0])` gives the EOS 1);
+    "longest" is that code's Qwen branch, where the weights are padded to the batch's longest row before a column of
+    ones is appended, so the EOS weighs 1 on the micro-batch's longest rows and 0 on the others.
+    """
     rows = [(p.prompt_ids, p.chosen_ids, ref[0], p.chosen_weights) for p, ref in zip(pairs, reference)]
     rows += [(p.prompt_ids, p.rejected_ids, ref[1], p.rejected_weights) for p, ref in zip(pairs, reference)]
     padded = collate_responses([EncodedResponse(prompt, resp) for prompt, resp, _, _ in rows], pad_token_id)
@@ -164,6 +206,9 @@ def make_batch(pairs: Sequence[TokenizedPair], reference: Sequence[tuple[torch.T
         reference_logps[i, p - 1 : p - 1 + r] = ref
         if weights is not None and w is not None:
             weights[i, p - 1 : p - 1 + r] = torch.tensor(w, dtype=torch.float32)
+            if eos_weight is not None and r and eos_token_id is not None and resp[-1] == eos_token_id:
+                value = float(p + r == width) if eos_weight == EOS_WEIGHT_LONGEST else float(eos_weight)
+                weights[i, p - 2 + r] = value
     return PairBatch(padded["input_ids"], padded["attention_mask"], response_mask, reference_logps, weights)
 
 

@@ -18,7 +18,7 @@ import torch
 from adpo.losses import get_segment_loss, preference_loss
 from adpo.segments import parse_granularity
 from adpo.training.logps import batch_token_logps
-from adpo.training.pairs_data import PairBatch
+from adpo.training.pairs_data import PairBatch, check_eos_weight
 
 METRIC_NAMES = (
     "loss",
@@ -41,16 +41,21 @@ class MethodSpec:
     reduction: str = "sum"
     use_weights: bool = False
     segment_loss: str = "sigmoid"
+    eos_weight: float | str | None = None  # make_batch's rule for a weighted response's EOS token
 
     @classmethod
     def from_cfg(cls, method: Mapping) -> MethodSpec:
         spec = cls(beta=float(method["beta"]), granularity=str(method["granularity"]),
                    length_mode=str(method.get("length_mode", "max")), reduction=str(method.get("reduction", "sum")),
                    use_weights=bool(method.get("use_weights", False)),
-                   segment_loss=str(method.get("segment_loss", "sigmoid")))
-        # Fail at start-up, not at the first step.
+                   segment_loss=str(method.get("segment_loss", "sigmoid")),
+                   eos_weight=check_eos_weight(method.get("eos_weight")))
+        # Fail at start-up, not at the first step: a loss call on an empty batch checks every option together.
         parse_granularity(spec.granularity)
         get_segment_loss(spec.segment_loss)
+        empty, no = torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.bool)
+        preference_loss(empty, empty, no, no, beta=spec.beta, granularity=spec.granularity,
+                        length_mode=spec.length_mode, reduction=spec.reduction, segment_loss=spec.segment_loss)
         return spec
 
 
