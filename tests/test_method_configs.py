@@ -36,6 +36,9 @@ DISPLAY = {
     "cdpo": {"label": "cDPO", "family": "cadpo", "order": 30, "main_granularity": "sequence"},
     "cadpo": {"label": "cADPO", "family": "cadpo", "order": 40, "main_granularity": "token"},
 }
+# Keys a method may add without changing the others' identity (not in _base.yaml): make_batch's EOS rule, and the
+# defaults of train.schedule and train.length_policy (conf/train/default.yaml reads them with oc.select).
+OPTIONAL_KEYS = {"eos_weight", "schedule", "length_policy"}
 METHOD_FILES = sorted(p.stem for p in (conf_dir() / "method").glob("*.yaml") if not p.stem.startswith("_"))
 
 
@@ -51,7 +54,8 @@ def test_method_composes_as_before_plus_its_display_keys(method):
 def test_every_method_config_is_named_after_its_file_and_says_how_tables_show_it(method):
     node = compose("train", [f"method={method}"]).method
     assert node.name == method
-    assert {"label", "family", "order", "main_granularity"} <= set(node) <= {*SHARED["dpo"], *DISPLAY_KEYS}
+    assert {"label", "family", "order", "main_granularity"} <= set(node) <= {*SHARED["dpo"], *DISPLAY_KEYS,
+                                                                             *OPTIONAL_KEYS}
 
 
 IPO = """\

@@ -224,6 +224,40 @@ def test_cadpo_with_unit_weights_trains_exactly_like_adpo(baseline, work, tiny_m
     assert_losses_match(read_metrics(baseline[0]), read_metrics(out), rel=1e-6)
 
 
+def test_cdpo_official_drops_pairs_over_the_limits_and_decays_the_lr_linearly(work, tiny_model_dir):
+    """method=cdpo_official's defaults reach the run: train.length_policy=drop (pairs over the limits left out, counted
+    in the manifest) and train.schedule=linear (TRL's warmup then linear decay), and it starts at log 2."""
+    from transformers import AutoTokenizer
+
+    root, _ = work
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    weighted = root / "pairs_official"
+    rows = [json.loads(line) for line in write_pairs(weighted / "pairs.jsonl", n=24, seed=2).read_text().splitlines()]
+    # Official filter: len(prompt ids with BOS) + len(response ids) < max_length for both responses.
+    lengths = sorted(len(tok(r["prompt"])["input_ids"]) + max(len(tok(r[k], add_special_tokens=False)["input_ids"])
+                                                            for k in ("chosen", "rejected")) for r in rows)
+    max_length = lengths[len(lengths) // 2]
+    expected_dropped = sum(n >= max_length for n in lengths)
+    assert 0 < expected_dropped < len(rows) - 4
+    # Weights as the weights stage writes them: with the tokenisation settings training uses.
+    write_pairs(weighted / "pairs.jsonl", n=24, seed=2, weights_tokenizer=tok, max_length=max_length)
+    out = root / "cdpo_official"
+    run_train(train_overrides(root, tiny_model_dir, weighted, out, "method=cdpo_official", f"model.max_length={max_length}",
+                              "model.max_prompt_length=256", "train.max_steps=10", "train.log_every=1", "train.lr=1e-3",
+                              "train.warmup_ratio=0.2", "train.gradient_accumulation_steps=1"))
+    summary = json.loads((out / "manifest.json").read_text())["outputs"]
+    assert summary["pairs_dropped_over_length"] == expected_dropped
+    assert summary["pairs"] == len(rows) - expected_dropped
+    metrics = read_metrics(out)
+    assert metrics[0]["loss"] == pytest.approx(math.log(2), rel=1e-5)
+    total, warmup = 10, 2
+    # The learning rate logged at step s is the one its update used: the schedule's value after s - 1 steps.
+    for row in metrics:
+        done = row["step"] - 1
+        expected = 1e-3 * (done / warmup if done < warmup else (total - done) / (total - warmup))
+        assert row["learning_rate"] == pytest.approx(expected, rel=1e-6, abs=1e-12), row["step"]
+
+
 def test_lora_under_zero3_exports_merged_full_weights(work, tiny_model_dir):
     root, pairs_dir = work
     out = root / "lora"
