@@ -128,3 +128,23 @@ def test_an_unknown_segment_loss_fails_when_training_starts():
     with pytest.raises(ValueError, match="method.segment_loss.*'hinge'"):
         MethodSpec.from_cfg(compose("train", ["method=adpo", "method.segment_loss=hinge"]).method)
     assert MethodSpec.from_cfg(compose("train", ["method=dpo"]).method).segment_loss == "sigmoid"
+
+
+def test_cdpo_and_its_official_reading_are_told_apart_in_every_table(tmp_path):
+    """cdpo and cdpo_official side by side: their own rows and labels, paper numbers beside the formula's row only
+    (the paper's table says cDPO), and a paired comparison between them."""
+    root = tmp_path / "out"
+    common = [f"paths.root={root}", "model.paper_name=Llama-3-8B", "data=gsm8k", "progress=false", "wandb=disabled"]
+    rng = np.random.default_rng(1)
+    for method in ("cdpo", "cdpo_official", "cadpo"):
+        for seed in (0, 1):
+            _write_eval_dir(compose("eval", [*common, f"method={method}", f"seed={seed}"]), rng.random(50) < 0.5)
+    paper = tmp_path / "paper.csv"
+    paper.write_text("table,method,granularity,model,dataset,accuracy\nmain,cDPO,sequence,Llama-3-8B,GSM8K,70.0\n")
+    aggregate.run(compose("aggregate", [*common, f"aggregate.paper_tables={paper}", "aggregate.bootstrap_resamples=200",
+                                        "aggregate.print_tables=false"]))
+    main = pd.read_csv(root / "results" / "main.csv").set_index("Method")
+    assert list(main.index) == ["cDPO", "cDPO (official code)", "cADPO"]
+    assert main.loc["cDPO", "GSM8K paper"] == 70.0 and np.isnan(main.loc["cDPO (official code)", "GSM8K paper"])
+    comp = pd.read_csv(root / "results" / "comparisons.csv")
+    assert ("cDPO (official code)", "cDPO") in set(zip(comp["A"], comp["B"]))

@@ -97,7 +97,8 @@ def dry_run_jobs(stage: str, sweep: str, cwd: Path) -> tuple[list[list[str]], st
 
 SWEEPS = [("prepare", "paper_data", 8), ("sample", "paper_data", 8), ("pairs", "paper_data", 8),
           ("weights", "paper_data", 8), ("train", "paper_main", 32), ("eval", "paper_main", 32),
-          ("train", "granularity", 18), ("eval", "granularity", 18)]
+          ("train", "granularity", 18), ("eval", "granularity", 18), ("train", "cdpo_readings", 24),
+          ("eval", "cdpo_readings", 24)]
 
 
 @pytest.mark.parametrize(("stage", "sweep", "n_jobs"), SWEEPS, ids=[f"{s}-{w}" for s, w, _ in SWEEPS])
