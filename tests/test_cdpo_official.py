@@ -193,16 +193,16 @@ def test_length_limits_are_the_official_filter_at_its_boundaries(tiny_model_dir)
     len(tokenizer(question + response)) < 1024 for both responses: strict, BOS counted, no EOS."""
     from transformers import AutoTokenizer
 
-    from adpo.training.pairs_data import PairRecord, within_length_limits
+    from adpo.data.tokenize import within_length_limits
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt, short, long = "Question: 3 + 4?\nAnswer:", " 3 + 4 = 7.", " 3 + 4 = 7. The answer is 7."
     n_prompt = len(tok(prompt)["input_ids"])
     n_long = len(tok(long, add_special_tokens=False)["input_ids"])
-    record = PairRecord(id="0", prompt=prompt, chosen=short, rejected=long, where="pairs.jsonl:1")
 
     def keep(max_prompt_length, max_length):
-        return within_length_limits([record], tok, max_prompt_length=max_prompt_length, max_length=max_length)[0]
+        return within_length_limits(tok, prompt, (short, long), max_prompt_length=max_prompt_length,
+                                    max_length=max_length)
 
     assert keep(n_prompt + 1, n_prompt + n_long + 1)
     assert not keep(n_prompt, n_prompt + n_long + 1)  # prompt of exactly max_prompt_length tokens: dropped

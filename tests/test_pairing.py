@@ -230,3 +230,33 @@ def test_pairs_stage_renders_chat_training_prompts(tmp_path, tiny_model_dir):
     rows = [json.loads(line) for line in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
     assert rows and all(r["prompt"].startswith("<|user|>\n" + r["question"]) for r in rows)
     assert all(r["prompt"].endswith("<|assistant|>\n") for r in rows)
+
+
+def test_pairs_stats_count_the_pairs_over_the_models_length_limits(tmp_path, tiny_model_dir):
+    """stats.json says how many pairs train.length_policy=drop would leave out (truncate would cut), with the
+    model's own tokenizer; a model whose tokenizer is not on the machine gets null, not a download."""
+    from transformers import AutoTokenizer
+
+    write_samples(tmp_path / "samples")
+    proc = run_pairs_cli(tmp_path, f"model.name_or_path={tiny_model_dir}", "model.max_prompt_length=null",
+                         "model.max_length=null")
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads((tmp_path / "pairs" / "stats.json").read_text())
+    assert stats["pairs_over_length_limits"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lengths = sorted(len(tok(r["prompt"])["input_ids"]) + max(len(tok(r[k], add_special_tokens=False)["input_ids"])
+                                                            for k in ("chosen", "rejected")) for r in rows)
+    assert lengths[0] < lengths[-1]
+
+    over = tmp_path / "over"
+    proc = run_pairs_cli(tmp_path, f"model.name_or_path={tiny_model_dir}", f"model.max_length={lengths[-1]}",
+                         f"paths.pairs={over}")
+    assert proc.returncode == 0, proc.stderr
+    assert "pairs_over_length_limits" in proc.stdout
+    assert json.loads((over / "stats.json").read_text())["pairs_over_length_limits"] == lengths.count(lengths[-1])
+
+    offline = tmp_path / "offline"
+    proc = run_pairs_cli(tmp_path, "model.name_or_path=no-such-org/no-such-model", f"paths.pairs={offline}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((offline / "stats.json").read_text())["pairs_over_length_limits"] is None

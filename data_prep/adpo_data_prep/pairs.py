@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from adpo.config import stage_main
 from adpo.config_diff import check_manifest
 from adpo.data.records import Problem
+from adpo.data.tokenize import within_length_limits
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
 from adpo.manifest import identity, is_complete, read_manifest, write_manifest
 from adpo_data_prep.pairing import PairChoice, build_pairs, read_samples, sample_files
@@ -106,6 +107,23 @@ def made_for(config: Any, inputs: Mapping[str, str]) -> dict[str, Any]:
     return {**identity(config, "pairs"), "inputs": dict(inputs)}
 
 
+def count_over_length(cfg: DictConfig, rows: list[dict[str, Any]]) -> int | None:
+    """Pairs over model.max_prompt_length / model.max_length (within_length_limits): what train.length_policy=drop
+    leaves out and `truncate` cuts. None when the model's tokenizer is not on this machine (never downloaded here)."""
+    from adpo.models import load_tokenizer  # here: the rest of this stage needs no torch
+
+    m = cfg.model
+    try:
+        tokenizer = load_tokenizer(m.name_or_path, bool(m.get("trust_remote_code", False)), local_files_only=True)
+    except (OSError, ValueError) as err:
+        log.info("pairs: the tokenizer of %s is not available locally (%s): pairs over the length limits not counted",
+                 m.name_or_path, type(err).__name__)
+        return None
+    limits = dict(prompt_format=str(m.prompt_format), max_prompt_length=m.get("max_prompt_length"),
+                  max_length=m.get("max_length"))
+    return sum(not within_length_limits(tokenizer, r["prompt"], (r["chosen"], r["rejected"]), **limits) for r in rows)
+
+
 def run(cfg: DictConfig) -> Path:
     samples_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
     inputs = samples_inputs(samples_dir)
@@ -136,7 +154,7 @@ def run(cfg: DictConfig) -> Path:
         problem = Problem(id=c.problem_id, dataset=dataset, question=c.question, gold=c.gold)
         rows.append(pair_row(pair, prompt_of(problem), provenance))
 
-    summary = stats.summary()
+    summary = {**stats.summary(), "pairs_over_length_limits": count_over_length(cfg, rows)}
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(output_dir / "pairs.jsonl", rows)
     atomic_write_jsonl(output_dir / "question_stats.jsonl",

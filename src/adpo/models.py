@@ -65,14 +65,15 @@ def load_causal_lm(name_or_path: str | Path, *, dtype: str | torch.dtype | None 
     return model if device is None else model.to(resolve_device(device))
 
 
-def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, *, local_files_only: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code,
+                                              local_files_only=local_files_only)
     if _lost_byte_level_pipeline(tokenizer, name_or_path):
         from transformers import TokenizersBackend
 
-        tokenizer = TokenizersBackend.from_pretrained(str(name_or_path))
+        tokenizer = TokenizersBackend.from_pretrained(str(name_or_path), local_files_only=local_files_only)
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         # Padding is masked out everywhere; any id will do, and EOS is what DPO trainers commonly use.
         tokenizer.pad_token = tokenizer.eos_token

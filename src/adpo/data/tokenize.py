@@ -59,6 +59,18 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, 
     return EncodedResponse(prompt_ids, response_ids)
 
 
+def within_length_limits(tokenizer: PreTrainedTokenizerBase, prompt: str, responses: Sequence[str], *,
+                         prompt_format: str = "plain", max_prompt_length: int | None = None,
+                         max_length: int | None = None) -> bool:
+    """Whether the official cDPO code keeps a pair (`len(question_ids) < 512 and len(question + response ids) < 1024`
+    for both responses): prompt ids (with BOS) fewer than max_prompt_length, prompt + response ids (without the EOS)
+    fewer than max_length. Under train.length_policy=drop training leaves the others out instead of truncating them."""
+    n_prompt = len(encode_prompt(tokenizer, prompt, prompt_format))
+    n_response = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses)
+    return ((max_prompt_length is None or n_prompt < max_prompt_length)
+            and (max_length is None or n_prompt + n_response < max_length))
+
+
 def collate_responses(encoded: Sequence[EncodedResponse], pad_id: int, *,
                       with_labels: bool = False) -> dict[str, torch.Tensor]:
     """Right-padded `input_ids` and `attention_mask` [B, L]; with_labels also `labels`, the response tokens with -100

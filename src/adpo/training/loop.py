@@ -21,12 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from adpo.config_diff import check_made_for, check_manifest
+from adpo.data.tokenize import within_length_limits
 from adpo.io import DataError, atomic_write_jsonl, atomic_write_text, file_sha256
 from adpo.manifest import config_hash, identity
 from adpo.models import load_causal_lm, load_tokenizer
 from adpo.training import checkpoint, engine as eng
 from adpo.training.pairs_data import (LENGTH_POLICIES, PAIRS_FILE, PairBatch, TokenizedPair, check_weights_tokenizer,
-                                      make_batch, read_pairs, tokenize_pairs, within_length_limits)
+                                      make_batch, read_pairs, tokenize_pairs)
 from adpo.training.preemption import StopRequest
 from adpo.training.reference import ReferenceLogps, cache_key, model_fingerprint, reference_logps
 from adpo.training.schedule import DataSchedule
@@ -169,8 +170,8 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     if length_policy not in LENGTH_POLICIES:
         raise ValueError(f"train.length_policy must be one of {LENGTH_POLICIES}, got {length_policy!r}")
     # The reference log-probs are computed for every pair (one cache whatever the policy), then the same pairs kept.
-    keep = (within_length_limits(records, tokenizer, **tokenization) if length_policy == "drop"
-            else [True] * len(pairs))
+    keep = ([within_length_limits(tokenizer, r.prompt, (r.chosen, r.rejected), **tokenization) for r in records]
+            if length_policy == "drop" else [True] * len(pairs))
     dropped = keep.count(False)
     if dropped:
         log.info("train.length_policy=drop: %d of %d pairs left out (prompt >= model.max_prompt_length=%s or "

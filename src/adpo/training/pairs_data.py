@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair, encode_prompt, encode_response
+from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair
 from adpo.io import DataError, iter_jsonl, require_field
 from adpo.models import load_tokenizer
 
@@ -126,22 +126,6 @@ def tokenize_pairs(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizer
 
 
 LENGTH_POLICIES = ("truncate", "drop")
-
-
-def within_length_limits(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizerBase, *,
-                         prompt_format: str = "plain", max_prompt_length: int | None = None,
-                         max_length: int | None = None) -> list[bool]:
-    """Per pair, whether the official cDPO code keeps it (`len(question_ids) < 512 and len(question + response ids)
-    < 1024`, both responses): prompt ids (with BOS) fewer than max_prompt_length, prompt + response ids (without
-    the EOS) fewer than max_length. Under train.length_policy=drop the others are left out instead of truncated."""
-    keep = []
-    for rec in records:
-        prompt = len(encode_prompt(tokenizer, rec.prompt, prompt_format))
-        longest = max(len(encode_response(tokenizer, r)) - (tokenizer.eos_token_id is not None)
-                      for r in (rec.chosen, rec.rejected))
-        keep.append((max_prompt_length is None or prompt < max_prompt_length)
-                    and (max_length is None or prompt + longest < max_length))
-    return keep
 
 
 @dataclass
