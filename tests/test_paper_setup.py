@@ -85,6 +85,24 @@ def test_the_pipeline_runs_every_stage_with_the_papers_settings(model, dataset):
     assert not problems, "\n".join(problems)
 
 
+def test_the_readmes_cdpo_readings_pipeline_runs_both_readings_with_the_papers_settings():
+    """README "Training": cDPO, cDPO (official code) and cADPO side by side on one node, as written there."""
+    [line] = [line for line in (REPO / "README.md").read_text().splitlines()
+              if line.startswith("adpo-pipeline experiment=paper") and "cdpo_official" in line]
+    overrides = shlex.split(line.split("#")[0])[1:]
+    cfg = compose("pipeline", overrides)
+    trains = [s for s in plan(cfg, overrides) if s.stage == "train"]
+    assert sorted(s.config.method.name for s in trains) == ["cadpo"] * 3 + ["cdpo"] * 3 + ["cdpo_official"] * 3
+    problems = []
+    for step in trains:
+        problems += mismatches(step.config, "train", "llama3_8b", "gsm8k")
+        official = step.config.method.name == "cdpo_official"
+        assert (step.config.method.reduction, step.config.train.schedule, step.config.train.length_policy) == (
+            ("grid", "linear", "drop") if official else ("sum", "cosine", "truncate"))
+        assert step.config.input_dir == step.config.paths.weighted_pairs
+    assert not problems, "\n".join(problems)
+
+
 def dry_run_jobs(stage: str, sweep: str, cwd: Path) -> tuple[list[list[str]], str]:
     """Each job's overrides and the resources line, as `adpo-sweep STAGE +sweep=SWEEP --dry-run` prints them.
     Narrowed to seed 0 from the command line, as the README shows: seeds change no setting of the table, and every
