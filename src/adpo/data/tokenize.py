@@ -59,6 +59,9 @@ def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, 
     return EncodedResponse(prompt_ids, response_ids)
 
 
+LENGTH_POLICIES = ("truncate", "drop")  # train.length_policy: what happens to pairs over the limits below
+
+
 def within_length_limits(tokenizer: PreTrainedTokenizerBase, prompt: str, responses: Sequence[str], *,
                          prompt_format: str = "plain", max_prompt_length: int | None = None,
                          max_length: int | None = None) -> bool:

@@ -21,13 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from adpo.config_diff import check_made_for, check_manifest
-from adpo.data.tokenize import within_length_limits
+from adpo.data.tokenize import LENGTH_POLICIES, within_length_limits
 from adpo.io import DataError, atomic_write_jsonl, atomic_write_text, file_sha256
 from adpo.manifest import config_hash, identity
 from adpo.models import load_causal_lm, load_tokenizer
 from adpo.training import checkpoint, engine as eng
-from adpo.training.pairs_data import (LENGTH_POLICIES, PAIRS_FILE, PairBatch, TokenizedPair, check_weights_tokenizer,
-                                      make_batch, read_pairs, tokenize_pairs)
+from adpo.training.pairs_data import (PAIRS_FILE, PairBatch, TokenizedPair, check_weights_tokenizer, make_batch,
+                                      read_pairs, tokenize_pairs)
 from adpo.training.preemption import StopRequest
 from adpo.training.reference import ReferenceLogps, cache_key, model_fingerprint, reference_logps
 from adpo.training.schedule import DataSchedule

@@ -125,9 +125,6 @@ def tokenize_pairs(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizer
     return out
 
 
-LENGTH_POLICIES = ("truncate", "drop")
-
-
 @dataclass
 class PairBatch:
     """One micro-batch: rows [0, B) are the chosen responses, rows [B, 2B) the rejected ones."""

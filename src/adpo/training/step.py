@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adpo.losses import get_segment_loss, preference_loss
-from adpo.segments import parse_granularity
+from adpo.losses import preference_loss
 from adpo.training.logps import batch_token_logps
 from adpo.training.pairs_data import PairBatch, check_eos_weight
 
@@ -51,8 +50,6 @@ class MethodSpec:
                    segment_loss=str(method.get("segment_loss", "sigmoid")),
                    eos_weight=check_eos_weight(method.get("eos_weight")))
         # Fail at start-up, not at the first step: a loss call on an empty batch checks every option together.
-        parse_granularity(spec.granularity)
-        get_segment_loss(spec.segment_loss)
         empty, no = torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.bool)
         preference_loss(empty, empty, no, no, beta=spec.beta, granularity=spec.granularity,
                         length_mode=spec.length_mode, reduction=spec.reduction, segment_loss=spec.segment_loss)
