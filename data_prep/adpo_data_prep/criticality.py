@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adpo.data.tokenize import EncodedResponse, collate_responses
+from adpo.logprobs import DEFAULT_CHUNK_SIZE, OutputHead, contrastive_label_probs, final_hidden_states
 from adpo.losses import per_token_logps
 
 
@@ -35,27 +36,35 @@ def chosen_weights(p_ce: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score_responses(model, encoded: Sequence[EncodedResponse], *, pad_id: int, positive: str = "positive",
                     negative: str = "negative", lam: float = 1.0, batch_size: int = 8,
-                    device: torch.device | str = "cpu", progress: bool = False) -> list[torch.Tensor]:
+                    device: torch.device | str = "cpu", progress: bool = False,
+                    chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> list[torch.Tensor]:
     """p_CE of every response token of every encoded (prompt, response), in input order.
 
-    `model` is a peft model holding both adapters; each batch runs once under each. Responses are batched by
-    length so that little is padded.
+    `model` is a peft model holding both adapters; each batch runs once under each, and the two models' logits exist
+    only for `chunk_size` response positions at a time (adpo.logprobs). Responses are batched by length so that
+    little is padded.
     """
     for e in encoded:
         if not e.prompt_ids:
             raise ValueError("a response needs at least one prompt token before it (the plain prompt's BOS)")
     model.eval()
+    head = OutputHead.of(model)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     out: list[torch.Tensor | None] = [None] * len(encoded)
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc="p_CE", unit="batch", disable=not progress):
         batch = {k: v.to(device) for k, v in collate_responses([encoded[i] for i in idx], pad_id).items()}
-        model.set_adapter(positive)
-        pos_logits = model(**batch).logits[:, :-1]
-        model.set_adapter(negative)
-        neg_logits = model(**batch).logits[:, :-1]
-        probs = contrastive_token_probs(pos_logits, neg_logits, batch["input_ids"][:, 1:], lam).cpu()
+        # logits at position t predict token t + 1: the response's tokens are predicted from prompt_len - 1 on
+        positions = torch.zeros_like(batch["input_ids"][:, 1:], dtype=torch.bool)
         for row, i in enumerate(idx):
-            start = len(encoded[i].prompt_ids) - 1  # logits at position t predict token t + 1
-            out[i] = probs[row, start: start + len(encoded[i].response_ids)]
+            start = len(encoded[i].prompt_ids) - 1
+            positions[row, start: start + len(encoded[i].response_ids)] = True
+        hidden = {}
+        for name in (positive, negative):
+            model.set_adapter(name)
+            hidden[name] = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])[:, :-1][positions]
+        probs = contrastive_label_probs(hidden[positive], hidden[negative], batch["input_ids"][:, 1:][positions],
+                                        head, lam=lam, chunk_size=chunk_size).cpu()
+        for i, piece in zip(idx, probs.split([len(encoded[i].response_ids) for i in idx])):
+            out[i] = piece
     return out  # type: ignore[return-value]

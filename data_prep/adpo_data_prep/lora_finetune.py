@@ -24,6 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from adpo.data.tokenize import EncodedResponse, collate_responses
 from adpo.io import atomic_write_json
+from adpo.logprobs import DEFAULT_CHUNK_SIZE, completion_loss
 
 TRAIN_INFO = "train_info.json"
 
@@ -38,6 +39,7 @@ class SFTConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
+    logps_chunk_size: int | None = DEFAULT_CHUNK_SIZE
 
 
 def add_adapter(model, name: str, lora: LoraConfig) -> PeftModel:
@@ -117,7 +119,7 @@ def train_adapter(model: PeftModel, name: str, examples: Sequence[EncodedRespons
             batch = collate_responses([examples[i] for i in order[start: start + cfg.batch_size]], pad_id,
                                       with_labels=True)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            loss = completion_loss(model, **batch, chunk_size=cfg.logps_chunk_size)
             (loss / cfg.grad_accum).backward()
             losses.append(loss.item())
             tokens += int((batch["labels"] != -100).sum())

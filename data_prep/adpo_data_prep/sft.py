@@ -29,6 +29,7 @@ from adpo.data.prompts import build_prompt, zero_shot_prompt
 from adpo.data.records import Problem, read_problems
 from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair, encode_prompt
 from adpo.io import atomic_directory, atomic_write_json
+from adpo.logprobs import DEFAULT_CHUNK_SIZE, completion_loss
 from adpo.manifest import config_hash, identity, is_complete, write_manifest
 from adpo.models import load_causal_lm, load_tokenizer
 from adpo_data_prep.toy.model import build_tiny_llama
@@ -167,7 +168,7 @@ def run(cfg: DictConfig) -> dict:
         # Labels on the solution only: a completion-only loss.
         batch = collate_responses([examples[i] for i in batch_indices(step, len(examples), s.batch_size, s.seed)],
                                   tokenizer.pad_token_id, with_labels=True)
-        loss = model(**batch).loss
+        loss = completion_loss(model, **batch, chunk_size=s.get("logps_chunk_size", DEFAULT_CHUNK_SIZE))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)

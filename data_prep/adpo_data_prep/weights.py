@@ -27,6 +27,7 @@ from adpo_data_prep.criticality import chosen_weights, rejected_weights, score_r
 from adpo.data.records import Problem
 from adpo.data.tokenize import EncodedResponse, encode_pair
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, file_sha256
+from adpo.logprobs import DEFAULT_CHUNK_SIZE
 from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, load_adapter, save_adapter, saved_adapter_info,
                                           train_adapter)
 from adpo.manifest import config_hash, identity, is_complete, write_manifest
@@ -124,7 +125,8 @@ def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedRespo
     inputs stops the stage (OutputConflict)."""
     c = cfg.criticality
     lora = lora_config(c.lora, model)
-    sft = SFTConfig(**OmegaConf.to_container(c.sft, resolve=True), seed=int(c.seed))
+    sft = SFTConfig(**OmegaConf.to_container(c.sft, resolve=True), seed=int(c.seed),
+                    logps_chunk_size=c.get("logps_chunk_size", DEFAULT_CHUNK_SIZE))
     reports = {}
     for name in ADAPTERS:
         made_for_adapter = adapter_made_for(cfg, name, samples_fps)
@@ -187,7 +189,8 @@ def run(cfg: DictConfig) -> Path:
     for side in sides:
         encoded = [encode(row["prompt"], row[side]) for row in pairs]
         probs = score_responses(model, encoded, pad_id=pad_id, lam=float(c.lam), batch_size=int(c.score_batch_size),
-                                device=device, progress=bool(cfg.progress))
+                                device=device, progress=bool(cfg.progress),
+                                chunk_size=c.get("logps_chunk_size", DEFAULT_CHUNK_SIZE))
         for row, p in zip(pairs, probs, strict=True):
             row[f"{side}_weights"] = [round(w, digits) for w in to_weight[side](p).tolist()]
     for row in pairs:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from adpo.config_diff import check_made_for, check_manifest
 from adpo.data.tokenize import LENGTH_POLICIES, within_length_limits
 from adpo.io import DataError, atomic_write_jsonl, atomic_write_text, file_sha256
+from adpo.logprobs import DEFAULT_CHUNK_SIZE
 from adpo.manifest import config_hash, identity
 from adpo.models import load_causal_lm, load_tokenizer
 from adpo.training import checkpoint, engine as eng
@@ -88,7 +89,7 @@ def _truncate_metrics_log(path: Path, after_step: int) -> None:
 
 # How often to log or save, and how the cache is computed, do not change the training: a run may resume across them.
 BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "resume", "reference_batch_size",
-                    "reference_cache_dir")
+                    "reference_cache_dir", "logps_chunk_size")
 
 
 CHECKPOINTS = "checkpoints"
@@ -136,6 +137,7 @@ class TrainingSetup:
     progress: bool
     # Kept alive for the whole run under ZeRO-3: transformers holds only a weak reference to it.
     hf_deepspeed_config: Any = None
+    logps_chunk_size: int | None = DEFAULT_CHUNK_SIZE
 
     def micro_batches(self, step: int) -> list[PairBatch]:
         """This rank's micro-batches of optimizer step `step` (0-based), on the device."""
@@ -145,11 +147,19 @@ class TrainingSetup:
                 for idx in self.schedule.micro_batches(step, self.rank)]
 
 
+def logps_chunk_size(tcfg: DictConfig) -> int | None:
+    value = tcfg.get("logps_chunk_size", DEFAULT_CHUNK_SIZE)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"train.logps_chunk_size must be a positive number of positions or null, got {value!r}")
+    return value
+
+
 def setup_training(cfg: DictConfig) -> TrainingSetup:
     """Tokenised pairs, cached reference log-probs, the policy (with gradient checkpointing and LoRA as configured) in
     its DeepSpeed engine, and the data schedule: all that the loop of train() needs."""
     tcfg, mcfg = cfg.train, cfg.model
     method = MethodSpec.from_cfg(cfg.method)
+    chunk_size = logps_chunk_size(tcfg)
     eng.lr_schedule(str(tcfg.get("schedule", "cosine")))  # a bad name fails here, not after the reference pass
     pairs_path = Path(cfg.input_dir) / PAIRS_FILE
     progress = bool(cfg.get("progress", True)) and eng.env_rank() == 0
@@ -209,7 +219,7 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     started = time.perf_counter()
     reference, cached = reference_logps(
         pairs, cache_path=cache_path, meta=meta, pad_token_id=tokenizer.pad_token_id,
-        batch_size=int(tcfg.reference_batch_size), device=device, progress=progress,
+        batch_size=int(tcfg.reference_batch_size), device=device, progress=progress, chunk_size=chunk_size,
         load_model=lambda: load_causal_lm(ref_name, **{**model_kwargs, "dtype": ref_dtype}).to(device),
     )
     reference_seconds = time.perf_counter() - started
@@ -240,7 +250,7 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
                          reference_seconds=reference_seconds, method=method, schedule=schedule,
                          total_steps=total_steps, ds_config=ds_config, model_kwargs=model_kwargs, lora=lora,
                          engine=engine, rank=rank, world=world, device=device, progress=progress,
-                         hf_deepspeed_config=hf_ds_config)
+                         hf_deepspeed_config=hf_ds_config, logps_chunk_size=chunk_size)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -295,7 +305,7 @@ def train(cfg: DictConfig) -> dict:
         batches = setup.micro_batches(step)
         learning_rate = float(engine.get_lr()[0])  # the rate this step trains with
         started = time.perf_counter()
-        metrics = train_step(engine, batches, method)
+        metrics = train_step(engine, batches, method, logps_chunk_size=setup.logps_chunk_size)
         window.add(metrics, time.perf_counter() - started)
         step += 1
         bar.update(1)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from adpo.io import atomic_open
+from adpo.logprobs import DEFAULT_CHUNK_SIZE
 from adpo.training.logps import batch_token_logps
 from adpo.training.pairs_data import TokenizedPair, make_batch
 
@@ -87,7 +88,8 @@ def load_cache(path: Path, meta: dict, num_pairs: int) -> ReferenceLogps | None:
 
 @torch.no_grad()
 def compute_reference_logps(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, pad_token_id: int,
-                            batch_size: int, device, progress: bool = False) -> ReferenceLogps:
+                            batch_size: int, device, progress: bool = False,
+                            chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> ReferenceLogps:
     """Per-token log-probs of both responses of each pair, computed in length-sorted batches."""
     model.eval()
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].num_tokens)
@@ -97,7 +99,7 @@ def compute_reference_logps(model: torch.nn.Module, pairs: Sequence[TokenizedPai
                       unit="batch"):
         idx = order[start : start + batch_size]
         batch = make_batch([pairs[i] for i in idx], [placeholder[i] for i in idx], pad_token_id).to(device)
-        logps = batch_token_logps(model, batch).float().cpu()
+        logps = batch_token_logps(model, batch, chunk_size=chunk_size).float().cpu()
         mask = batch.response_mask.cpu()
         n = len(idx)
         for row, i in enumerate(idx):
@@ -129,7 +131,8 @@ def _part_path(cache_path: Path, token: str, rank: int, world: int) -> Path:
 
 
 def reference_logps(pairs: Sequence[TokenizedPair], *, cache_path: Path, meta: dict, load_model, pad_token_id: int,
-                    batch_size: int, device, progress: bool = False) -> tuple[ReferenceLogps, bool]:
+                    batch_size: int, device, progress: bool = False,
+                    chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> tuple[ReferenceLogps, bool]:
     """The cached log-probs, computing them first when absent (every rank a shard). Returns (logps, was_cached).
 
     `load_model()` builds the reference model; it is called only when the cache is missing and freed afterwards.
@@ -147,7 +150,8 @@ def reference_logps(pairs: Sequence[TokenizedPair], *, cache_path: Path, meta: d
     shard = list(range(rank, len(pairs), world))
     model = load_model()
     values = compute_reference_logps(model, [pairs[i] for i in shard], pad_token_id=pad_token_id,
-                                     batch_size=batch_size, device=device, progress=progress and rank == 0)
+                                     batch_size=batch_size, device=device, progress=progress and rank == 0,
+                                     chunk_size=chunk_size)
     del model
     gc.collect()
     with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adpo.logprobs import DEFAULT_CHUNK_SIZE
 from adpo.losses import preference_loss
 from adpo.training.logps import batch_token_logps
 from adpo.training.pairs_data import PairBatch, check_eos_weight
@@ -56,9 +57,12 @@ class MethodSpec:
         return spec
 
 
-def compute_loss(model, batch: PairBatch, method: MethodSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean preference loss over the batch's pairs and the batch means of the dashboard metrics (detached)."""
-    logps = batch_token_logps(model, batch)
+def compute_loss(model, batch: PairBatch, method: MethodSpec, *, logps_chunk_size: int | None = DEFAULT_CHUNK_SIZE
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean preference loss over the batch's pairs and the batch means of the dashboard metrics (detached).
+
+    The policy's log-probs are computed `logps_chunk_size` response positions at a time (adpo.logprobs)."""
+    logps = batch_token_logps(model, batch, chunk_size=logps_chunk_size)
     ratios = logps - batch.reference_logps.to(logps.dtype)
     b = batch.num_pairs
     mask = batch.response_mask
@@ -81,7 +85,8 @@ def compute_loss(model, batch: PairBatch, method: MethodSpec) -> tuple[torch.Ten
     return loss, out
 
 
-def train_step(engine, micro_batches: Sequence[PairBatch], method: MethodSpec) -> dict[str, torch.Tensor]:
+def train_step(engine, micro_batches: Sequence[PairBatch], method: MethodSpec, *,
+               logps_chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> dict[str, torch.Tensor]:
     """Forward/backward over the micro-batches of one optimizer step (len == the engine's gradient accumulation
     steps); returns this rank's metrics averaged over them (plus "tokens": non-padding tokens seen)."""
     if len(micro_batches) != engine.gradient_accumulation_steps():
@@ -91,7 +96,7 @@ def train_step(engine, micro_batches: Sequence[PairBatch], method: MethodSpec) -
     totals: dict[str, torch.Tensor] = {}
     tokens = 0
     for batch in micro_batches:
-        loss, metrics = compute_loss(engine, batch, method)
+        loss, metrics = compute_loss(engine, batch, method, logps_chunk_size=logps_chunk_size)
         engine.backward(loss)  # DeepSpeed divides by the accumulation steps
         engine.step()  # steps the optimizer and schedule only at the accumulation boundary
         for name, value in metrics.items():
