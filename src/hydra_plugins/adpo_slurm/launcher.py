@@ -43,6 +43,27 @@ def export_torch_distributed_env() -> None:
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def compose_once_per_job(loader: Any) -> None:
+    """Hydra's sweeper composes every job to validate the batch, then the launchers here compose them again to plan
+    the output directories (~0.5 s a job: a 32-job sweep's dry run took 18 s). The two share one config loader: the
+    planning takes the validation's config (which only read it) instead of composing it again. Later calls compose
+    afresh (the planning marks a config's hydra node read-only, and the serial launcher writes the job's id there)."""
+    if getattr(loader, "_adpo_compose_once", False):
+        return
+    compose = loader.load_sweep_config
+    validated: dict[tuple, Any] = {}
+
+    def load_sweep_config(master_config: Any, sweep_overrides: list[str]) -> Any:
+        key = (id(master_config), tuple(sweep_overrides))
+        if key in validated:
+            return validated.pop(key)
+        validated[key] = compose(master_config, list(sweep_overrides))
+        return validated[key]
+
+    loader.load_sweep_config = load_sweep_config
+    loader._adpo_compose_once = True
+
+
 class _TorchDistributedTasks:
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
         export_torch_distributed_env()
@@ -55,6 +76,10 @@ class _DistinctOutputDirs:
     config: Any
     hydra_context: Any
     task_function: Any
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)  # type: ignore[misc]
+        compose_once_per_job(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         jobs = self.plan_jobs(job_overrides, initial_job_idx)
