@@ -9,7 +9,8 @@ hydra/launcher=slurm when no launcher is given (slurm_train for the train stage:
 node, so that the paper's global batch of 2 x 4 x 8 = 64 pairs holds). --dry-run swaps the launcher's class for
 hydra_plugins.adpo_slurm.launcher.DryRunSlurmLauncher: the jobs are expanded, their configs composed (a bad override
 fails here, not on the cluster) and their output directories made distinct with a run_tag where needed, or the sweep
-refused (adpo.run_dirs, as for a real launch); nothing is submitted, only the sweep directory's multirun.yaml written.
+refused (adpo.run_dirs, as for a real launch); nothing is submitted, only the sweep directory's multirun.yaml and
+each job's config, resolved, in dry_run/job_<n>.yaml written.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
@@ -28,7 +29,8 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher as stock
 from omegaconf import OmegaConf
 
 from adpo.registry import STAGES
-from adpo.run_dirs import OutputDirCollision, PlannedJob, plan_output_dirs
+from adpo.io import atomic_write_text
+from adpo.run_dirs import OutputDirCollision, PlannedJob, hydra_config_of, plan_output_dirs
 
 
 def export_torch_distributed_env() -> None:
@@ -163,9 +165,12 @@ class DryRunSlurmLauncher(_DistinctOutputDirs, stock.SlurmLauncher):
         jobs = self.plan_jobs(job_overrides, initial_job_idx)  # the same refusal as a real launch
         print(f"DRY RUN: {n} job(s) would be submitted to SLURM (nothing submitted)", file=out)
         print(f"sweep dir: {self.config.hydra.sweep.dir}", file=out)
+        configs = Path(str(self.config.hydra.sweep.dir)) / "dry_run"
         for idx, job in enumerate(jobs, start=initial_job_idx):
             print(f"job {idx}: {' '.join(filter_overrides(job.overrides))}", file=out)
             print(f"  output_dir: {job.output_dir}", file=out)
+            write_resolved_config(job, configs / f"job_{idx}.yaml")
+        print(f"each job's config, resolved: {configs}/job_<n>.yaml", file=out)
         resources = {k: self.params.get(k) for k in RESOURCE_KEYS if self.params.get(k) not in (None, {}, [])}
         print("resources: " + " ".join(f"{k}={v}" for k, v in resources.items()), file=out)
         if self.stage_name() == "train":
@@ -174,6 +179,17 @@ class DryRunSlurmLauncher(_DistinctOutputDirs, stock.SlurmLauncher):
         print(render_sbatch(self.params, n), file=out)
         print("--- end ---", file=out, flush=True)
         return []
+
+
+def write_resolved_config(job: PlannedJob, path: Path) -> None:
+    """The config the job's stage will get (without the hydra node), every interpolation resolved."""
+    with hydra_config_of(job.config):
+        data = {}
+        for key in job.config:
+            if key != "hydra":
+                value = job.config[key]
+                data[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
 def global_batch(job: PlannedJob, params: dict[str, Any]) -> str:
