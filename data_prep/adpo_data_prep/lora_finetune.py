@@ -2,12 +2,15 @@
 
 A plain torch loop (AdamW, linear schedule, gradient accumulation) on a peft model that may hold several adapters:
 only the active adapter's parameters train. Adapters are saved atomically with a key of what they were trained on,
-so a rerun reuses an adapter that is already trained for the same inputs.
+so a rerun reuses an adapter that is already trained for the same inputs. While an adapter trains, every
+`save_every` optimizer steps its whole state (adapter weights, optimizer, schedule, step, RNG, losses) is saved
+atomically into a checkpoint directory, from which a killed run resumes to the same adapter.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -26,7 +29,10 @@ from adpo.data.tokenize import EncodedResponse, collate_responses
 from adpo.io import atomic_write_json
 from adpo.logprobs import DEFAULT_CHUNK_SIZE, completion_loss
 
+log = logging.getLogger(__name__)
 TRAIN_INFO = "train_info.json"
+CHECKPOINT_INFO = "checkpoint.json"  # step, losses, what the adapter is made for: read to decide whether to resume
+CHECKPOINT_STATE = "state.pt"  # adapter weights, optimizer, schedule, RNG
 
 
 @dataclass(frozen=True)
@@ -91,31 +97,127 @@ def save_adapter(model: PeftModel, name: str, path: str | Path, info: dict) -> P
     return path
 
 
+def checkpoints(directory: str | Path) -> list[Path]:
+    """The finished checkpoints (step-<k> directories) in `directory`, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.glob("step-*") if p.is_dir() and (p / CHECKPOINT_INFO).is_file()
+             and (p / CHECKPOINT_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def latest_checkpoint(directory: str | Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint in `directory` and its checkpoint.json, or None."""
+    for path in reversed(checkpoints(directory)):
+        try:
+            return path, json.loads((path / CHECKPOINT_INFO).read_text())
+        except json.JSONDecodeError:  # never half-written (the directory is renamed into place); be safe anyway
+            continue
+    return None
+
+
+def save_checkpoint(directory: Path, step: int, info: dict, state: dict) -> Path:
+    """step-<k> in `directory`, written in a temporary sibling and renamed into place; older checkpoints go after."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        with open(tmp / CHECKPOINT_STATE, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        atomic_write_json(tmp / CHECKPOINT_INFO, info)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in directory.iterdir():  # older checkpoints and the temporaries of killed saves
+        if old != final and (old.name.startswith("step-") or old.name.startswith(".step-")):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def remove_checkpoints(directory: str | Path) -> None:
+    """Drop an adapter's in-progress checkpoints (once the adapter is saved), and their parent when left empty."""
+    directory = Path(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        directory.parent.rmdir()
+    except OSError:
+        pass
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def train_adapter(model: PeftModel, name: str, examples: Sequence[EncodedResponse], cfg: SFTConfig, *, pad_id: int,
                   device: torch.device | str = "cpu", progress: bool = False,
-                  on_step: Callable[[dict], None] | None = None) -> dict:
-    """Train the active adapter `name` on (prompt, response) examples, loss on response tokens only."""
+                  on_step: Callable[[dict], None] | None = None, checkpoint_dir: str | Path | None = None,
+                  save_every: int = 0, checkpoint_meta: dict | None = None,
+                  resume_from: str | Path | None = None) -> dict:
+    """Train the active adapter `name` on (prompt, response) examples, loss on response tokens only.
+
+    With `checkpoint_dir` and `save_every` > 0, the training state is saved there every `save_every` optimizer steps
+    (but not after the last: the caller saves the adapter), with `checkpoint_meta` (what the adapter is made for) in
+    its checkpoint.json. `resume_from` (a checkpoint of this adapter, made for the same inputs: the caller checks)
+    continues that training: the same adapter as a run that was never stopped. Epoch e's example order is the
+    (e+1)-th shuffle of a Random seeded by (seed, name), so the batches already done are skipped by replaying it."""
     if not examples:
         raise ValueError(f"no training examples for the {name} model")
     model.set_adapter(name)
     model.train()
-    params = [p for n, p in model.named_parameters() if p.requires_grad]
-    if not params or any(f".{name}." not in n for n, p in model.named_parameters() if p.requires_grad):
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    if not params or any(f".{name}." not in n for n, _ in named):
         raise RuntimeError(f"only adapter {name!r} should be trainable")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     batches_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total_steps = math.ceil(batches_per_epoch / cfg.grad_accum) * cfg.epochs
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
-    rng = random.Random(f"{cfg.seed}:{name}")
     losses: list[float] = []
-    tokens = 0
-    bar = tqdm(total=batches_per_epoch * cfg.epochs, desc=f"LoRA SFT ({name})", unit="batch", disable=not progress)
-    for _ in range(cfg.epochs):
-        micro = 0
+    tokens = step = 0
+    if resume_from is not None:
+        resume_from = Path(resume_from)
+        info = json.loads((resume_from / CHECKPOINT_INFO).read_text())
+        state = torch.load(resume_from / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
+        if set(state["adapter"]) != {n for n, _ in named} or info["total_steps"] != total_steps:
+            raise RuntimeError(f"{resume_from}: the checkpoint does not fit the {name} adapter being trained "
+                               f"({info['total_steps']} steps saved, {total_steps} now)")
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(state["adapter"][n])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        losses, tokens, step = [float(x) for x in info["losses"]], int(info["tokens"]), int(info["step"])
+    # Optimizer steps end at batch boundaries: step k of epoch e has done min(k * grad_accum, batches) batches.
+    start_epoch, done_in_epoch = divmod(step, steps_per_epoch)
+    skip = min(done_in_epoch * cfg.grad_accum, batches_per_epoch)
+    save_every = int(save_every or 0) if checkpoint_dir is not None else 0
+
+    rng = random.Random(f"{cfg.seed}:{name}")
+    bar = tqdm(total=batches_per_epoch * cfg.epochs, desc=f"LoRA SFT ({name})", unit="batch", disable=not progress,
+               initial=start_epoch * batches_per_epoch + skip)
+    for epoch in range(cfg.epochs):
         order = list(range(len(examples)))
-        rng.shuffle(order)
-        for start in range(0, len(order), cfg.batch_size):
+        rng.shuffle(order)  # every epoch's shuffle is drawn, done or not, so that the next ones are the same
+        if epoch < start_epoch:
+            continue
+        micro = skip if epoch == start_epoch else 0
+        for start in range(micro * cfg.batch_size, len(order), cfg.batch_size):
             batch = collate_responses([examples[i] for i in order[start: start + cfg.batch_size]], pad_id,
                                       with_labels=True)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -130,8 +232,19 @@ def train_adapter(model: PeftModel, name: str, examples: Sequence[EncodedRespons
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                step += 1
                 if on_step:
                     on_step({f"{name}/loss": losses[-1], f"{name}/lr": scheduler.get_last_lr()[0]})
+                if save_every and step % save_every == 0 and step < total_steps:
+                    saved = save_checkpoint(
+                        Path(checkpoint_dir), step,
+                        {**(checkpoint_meta or {}), "adapter": name, "step": step, "total_steps": total_steps,
+                         "epoch": epoch, "batches_done_in_epoch": micro, "losses": losses, "tokens": tokens,
+                         "examples": len(examples)},
+                        {"adapter": {n: p.detach().cpu().clone() for n, p in named},
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "rng": _rng_state()})
+                    log.info("LoRA SFT (%s): checkpoint at step %d/%d -> %s", name, step, total_steps, saved)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()

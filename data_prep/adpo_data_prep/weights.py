@@ -6,6 +6,12 @@
    adpo.data.tokenize.encode_pair with the model's settings, so the train stage can line weights up with its tokens.
 3. pairs.jsonl = input pairs + rejected_weights (1 - p_CE) [+ chosen_weights (p_CE)] + weights_tokenizer.
 
+At scale: criticality.gradient_checkpointing trades compute for activation memory (same values), logps_chunk_size
+bounds the logits held at once, score_batch_size the scoring batch. Each adapter is resumable: every
+criticality.save_every optimizer steps its training state is checkpointed in output_dir/checkpoints/<adapter>/step-<k>
+(atomically, with what the adapter is made for), a rerun of the same command resumes from the newest one (a kill loses
+at most one save interval) and gets the adapter an uninterrupted run would, and the checkpoints go once it is saved.
+
 Adapters or weighted pairs made under another config (or from other samples) in output_dir are never replaced: the
 stage stops with adpo.config_diff.OutputConflict, naming what differs.
 """
@@ -28,8 +34,8 @@ from adpo.data.records import Problem
 from adpo.data.tokenize import EncodedResponse, encode_pair
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, file_sha256
 from adpo.logprobs import DEFAULT_CHUNK_SIZE
-from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, load_adapter, save_adapter, saved_adapter_info,
-                                          train_adapter)
+from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, latest_checkpoint, load_adapter, remove_checkpoints,
+                                          save_adapter, saved_adapter_info, train_adapter)
 from adpo.manifest import config_hash, identity, is_complete, write_manifest
 from adpo.models import load_causal_lm, load_tokenizer, lora_config, resolve_device
 from adpo_data_prep.pairing import Sample, read_samples, sample_files
@@ -40,6 +46,8 @@ from adpo.training.pairs_data import iter_pair_rows
 log = logging.getLogger(__name__)
 ADAPTERS = ("positive", "negative")
 OUTPUT_OPTION = "paths.weighted_pairs"  # the key that names output_dir, offered when it holds another config's work
+CHECKPOINTS = "checkpoints"  # output_dir/checkpoints/<adapter>/step-<k>: an adapter's training, in progress
+DEFAULT_SAVE_EVERY = 50
 
 
 def encoder(cfg: DictConfig, tokenizer):
@@ -118,28 +126,59 @@ def made_for(config: Any, inputs: Mapping[str, str]) -> dict[str, Any]:
     return {**work_identity(config), "inputs": dict(inputs)}
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (as the train stage does): non-reentrant checkpointing, and input
+    embeddings that require grad so that a LoRA model with a frozen base still has a graph to backpropagate."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+
+
+def checkpoint_dir(output_dir: Path, name: str) -> Path:
+    return output_dir / CHECKPOINTS / name
+
+
+def check_adapters(output_dir: Path, made_for: dict[str, dict[str, Any]]) -> dict[str, tuple[Path, dict] | None]:
+    """Before anything trains: every saved adapter and in-progress checkpoint in output_dir must be made for these
+    inputs (else OutputConflict, and nothing is touched). Returns each adapter's checkpoint to resume from, if any."""
+    resume = {}
+    for name in ADAPTERS:
+        path = output_dir / name
+        if path.is_dir() and any(path.iterdir()):
+            saved = saved_adapter_info(path) or {}
+            check_made_for(path, f"the {name} LoRA adapter", stored=saved.get("made_for"), current=made_for[name],
+                           stored_hash=saved.get("key"), option=OUTPUT_OPTION)
+        latest = latest_checkpoint(checkpoint_dir(output_dir, name))
+        if latest is not None:
+            ckpt, info = latest
+            check_made_for(ckpt, f"an in-progress checkpoint of the {name} LoRA adapter", stored=info.get("made_for"),
+                           current=made_for[name], stored_hash=info.get("key"), option=OUTPUT_OPTION)
+        resume[name] = latest
+    return resume
+
+
 def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedResponse]], output_dir: Path,
                    samples_fps: dict[str, str], pad_id: int, device: torch.device, wandb_run) -> tuple[Any, dict]:
     """The positive and negative adapters on one base model: reused from output_dir when trained for the same
-    inputs (a killed run resumes after the first adapter), else trained and saved; an adapter trained for other
-    inputs stops the stage (OutputConflict)."""
+    inputs (a killed run resumes after the first adapter), resumed from their newest in-progress checkpoint, else
+    trained from the start, and saved; an adapter or checkpoint made for other inputs stops the stage
+    (OutputConflict) before anything trains."""
     c = cfg.criticality
     lora = lora_config(c.lora, model)
     sft = SFTConfig(**OmegaConf.to_container(c.sft, resolve=True), seed=int(c.seed),
                     logps_chunk_size=c.get("logps_chunk_size", DEFAULT_CHUNK_SIZE))
+    save_every = int(c.get("save_every", DEFAULT_SAVE_EVERY) or 0)
+    made_for = {name: adapter_made_for(cfg, name, samples_fps) for name in ADAPTERS}
+    resume = check_adapters(output_dir, made_for)
     reports = {}
     for name in ADAPTERS:
-        made_for_adapter = adapter_made_for(cfg, name, samples_fps)
-        key = config_hash(made_for_adapter)
+        key = config_hash(made_for[name])
         path = output_dir / name
-        if path.is_dir() and any(path.iterdir()):
-            # Reused when trained for the same inputs; one trained for others is never replaced.
-            saved = saved_adapter_info(path) or {}
-            check_made_for(path, f"the {name} LoRA adapter", stored=saved.get("made_for"), current=made_for_adapter,
-                           stored_hash=saved.get("key"), option=OUTPUT_OPTION)
+        ckpt_dir = checkpoint_dir(output_dir, name)
+        if path.is_dir() and any(path.iterdir()):  # trained for these inputs (check_adapters)
             log.info("weights: reusing the %s adapter in %s", name, path)
             model = load_adapter(model, name, path)
-            reports[name] = saved.get("report", {})
+            reports[name] = (saved_adapter_info(path) or {}).get("report", {})
+            remove_checkpoints(ckpt_dir)  # left by a run killed between saving the adapter and cleaning up
             continue
         if not sets[name]:
             kind = "correct" if name == "positive" else "wrong"
@@ -147,9 +186,17 @@ def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedRespo
         # Seeded per adapter (LoRA init, dropout, order): the same adapter whether or not the other was reused.
         torch.manual_seed(int(c.seed) * len(ADAPTERS) + ADAPTERS.index(name))
         model = add_adapter(model, name, lora)
+        resume_from = None
+        if resume[name] is not None:
+            resume_from, info = resume[name]
+            log.info("weights: resuming the %s adapter at step %d/%d from %s", name, info["step"],
+                     info["total_steps"], resume_from)
         report = train_adapter(model, name, sets[name], sft, pad_id=pad_id, device=device, progress=bool(cfg.progress),
-                               on_step=wandb_run.log if wandb_run else None)
-        save_adapter(model, name, path, {"key": key, "made_for": made_for_adapter, "report": report})
+                               on_step=wandb_run.log if wandb_run else None, checkpoint_dir=ckpt_dir,
+                               save_every=save_every, checkpoint_meta={"key": key, "made_for": made_for[name]},
+                               resume_from=resume_from)
+        save_adapter(model, name, path, {"key": key, "made_for": made_for[name], "report": report})
+        remove_checkpoints(ckpt_dir)
         log.info("weights: %s adapter trained on %d examples, loss %.3f -> %.3f", name, report["examples"],
                  report["loss_first"], report["loss_last"])
         reports[name] = report
@@ -175,6 +222,8 @@ def run(cfg: DictConfig) -> Path:
     trust = bool(cfg.model.get("trust_remote_code", False))
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
     model = load_causal_lm(model_path, dtype=cfg.model.get("dtype", "auto"), trust_remote_code=trust, device=device)
+    if c.get("gradient_checkpointing"):
+        enable_gradient_checkpointing(model)
     pad_id = tokenizer.pad_token_id
     encode = encoder(cfg, tokenizer)
     sets = finetune_sets(read_samples(samples_dir), cfg, encode, int(cfg.criticality.seed))

@@ -60,7 +60,7 @@ STAGES: tuple[Stage, ...] = (
           summary="graded samples -> chosen/rejected pairs (the cDPO rule) + statistics"),
     Stage("weights", "adpo_data_prep.weights", "weights",
           not_hashed=("data", "seed", "eval", "sampling", "generation", "pairing", "sft", "samples_dir", *_TRAINING,
-                      "criticality.logps_chunk_size"),
+                      "criticality.logps_chunk_size", "criticality.gradient_checkpointing", "criticality.save_every"),
           summary="cDPO criticality: pairs + per-token weights from positive/negative LoRA models"),
     Stage("train", "adpo.train", "train",
           not_hashed=("data", "eval", *_DATA_SIDE, "method.pairs_dir", "train.reference_cache_dir",
