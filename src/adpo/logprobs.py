@@ -178,12 +178,13 @@ def contrastive_label_probs(hidden_pos: torch.Tensor, hidden_neg: torch.Tensor, 
 
     Both models' logits exist for one chunk of positions at a time."""
     n = hidden_pos.shape[0]
-    step = n if chunk_size is None else chunk_size
+    step = max(n if chunk_size is None else chunk_size, 1)
+    pieces = [hidden_pos.new_zeros(0, dtype=torch.float32)]
     with torch.no_grad():
-        pieces = [_picked_logps(hidden_pos[s:s + step], labels[s:s + step],
-                                lambda h, s=s: (1.0 + lam) * head(h) - lam * head(hidden_neg[s:s + step]))
-                  for s in range(0, n, max(step, 1))]
-        return torch.cat(pieces).exp().clamp_(0.0, 1.0) if pieces else hidden_pos.new_zeros(0, dtype=torch.float32)
+        for s in range(0, n, step):
+            z = (1.0 + lam) * head(hidden_pos[s:s + step]) - lam * head(hidden_neg[s:s + step])
+            pieces.append(z.gather(-1, labels[s:s + step, None]).squeeze(-1) - torch.logsumexp(z, dim=-1))
+    return torch.cat(pieces).exp().clamp_(0.0, 1.0)
 
 
 def shifted_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
