@@ -89,7 +89,7 @@ def _truncate_metrics_log(path: Path, after_step: int) -> None:
 
 # How often to log or save, and how the cache is computed, do not change the training: a run may resume across them.
 BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "resume", "reference_batch_size",
-                    "reference_cache_dir", "logps_chunk_size")
+                    "reference_cache_dir")
 
 
 CHECKPOINTS = "checkpoints"
