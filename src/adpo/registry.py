@@ -22,8 +22,8 @@ DISPLAY_ONLY = ("method.label", "method.family", "method.order", "method.main_gr
                 "model.paper_name")
 # Where or how to run, or how to show it: never what to compute. `paper_setup` is a table of values that reach the
 # computing keys by interpolation (sampling.temperature); a stage hashes the value it reads, not the whole table.
-NEVER_HASHED = ("hydra", "paths", "wandb", "pipeline", "progress", "input_dir", "output_dir", "run_name", "run_tag",
-                "experiment_name", "launcher", "paper_setup", *DISPLAY_ONLY)
+NEVER_HASHED = ("hydra", "paths", "wandb", "pipeline", "progress", "progress_every", "input_dir", "output_dir",
+                "run_name", "run_tag", "experiment_name", "launcher", "paper_setup", *DISPLAY_ONLY)
 
 # Groups that configure one stage each: a stage that does not read them does not hash them.
 _DATA_SIDE = ("sampling", "generation", "pairing", "criticality", "sft")

@@ -11,14 +11,13 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from adpo.config_diff import check_made_for, check_manifest
 from adpo.data.tokenize import LENGTH_POLICIES, within_length_limits
@@ -26,9 +25,11 @@ from adpo.io import DataError, atomic_write_jsonl, atomic_write_text, file_sha25
 from adpo.logprobs import DEFAULT_CHUNK_SIZE
 from adpo.manifest import config_hash, identity
 from adpo.models import load_causal_lm, load_tokenizer
+from adpo.progress import Progress, progress_every
 from adpo.training import checkpoint, engine as eng
 from adpo.training.pairs_data import (PAIRS_FILE, PairBatch, TokenizedPair, check_weights_tokenizer, make_batch,
                                       read_pairs, tokenize_pairs)
+from adpo.training.heldout import evaluate_heldout, heldout_batches, heldout_mask
 from adpo.training.preemption import StopRequest
 from adpo.training.reference import ReferenceLogps, cache_key, model_fingerprint, reference_logps
 from adpo.training.schedule import DataSchedule
@@ -88,7 +89,7 @@ def _truncate_metrics_log(path: Path, after_step: int) -> None:
 
 
 # How often to log or save, and how the cache is computed, do not change the training: a run may resume across them.
-BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "resume", "reference_batch_size",
+BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "eval_every", "resume", "reference_batch_size",
                     "reference_cache_dir")
 
 
@@ -138,13 +139,26 @@ class TrainingSetup:
     # Kept alive for the whole run under ZeRO-3: transformers holds only a weak reference to it.
     hf_deepspeed_config: Any = None
     logps_chunk_size: int | None = DEFAULT_CHUNK_SIZE
+    heldout_pairs: list[TokenizedPair] = field(default_factory=list)  # never trained on (train.heldout_pairs)
+    heldout_reference: list = field(default_factory=list)
+
+    def _batch(self, pairs: list[TokenizedPair], reference: list) -> PairBatch:
+        return make_batch(pairs, reference, self.tokenizer.pad_token_id, use_weights=self.method.use_weights,
+                          eos_weight=self.method.eos_weight, eos_token_id=self.tokenizer.eos_token_id).to(self.device)
 
     def micro_batches(self, step: int) -> list[PairBatch]:
         """This rank's micro-batches of optimizer step `step` (0-based), on the device."""
-        return [make_batch([self.pairs[i] for i in idx], [self.reference[i] for i in idx], self.tokenizer.pad_token_id,
-                           use_weights=self.method.use_weights, eos_weight=self.method.eos_weight,
-                           eos_token_id=self.tokenizer.eos_token_id).to(self.device)
+        return [self._batch([self.pairs[i] for i in idx], [self.reference[i] for i in idx])
                 for idx in self.schedule.micro_batches(step, self.rank)]
+
+    def heldout_metrics(self) -> dict[str, float]:
+        """eval/<metric> over the held-out pairs (every rank must call it: the ranks share the work)."""
+        shares = heldout_batches(len(self.heldout_pairs), self.schedule.micro, self.rank, self.world)
+        batches = [self._batch([self.heldout_pairs[i] for i in idx], [self.heldout_reference[i] for i in idx])
+                   if idx else None for idx in shares]
+        placeholder = self._batch(self.heldout_pairs[:1], self.heldout_reference[:1])
+        return evaluate_heldout(self.engine, batches, self.method, world=self.world, device=self.device,
+                                logps_chunk_size=self.logps_chunk_size, placeholder=placeholder)
 
 
 def logps_chunk_size(tcfg: DictConfig) -> int | None:
@@ -183,6 +197,8 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     keep = ([within_length_limits(tokenizer, r.prompt, (r.chosen, r.rejected), **tokenization) for r in records]
             if length_policy == "drop" else [True] * len(pairs))
     dropped = keep.count(False)
+    kept_prompts = [r.prompt for r, k in zip(records, keep) if k]
+    held = heldout_mask(kept_prompts, int(tcfg.get("heldout_pairs") or 0), int(tcfg.seed)) if kept_prompts else []
     if dropped:
         log.info("train.length_policy=drop: %d of %d pairs left out (prompt >= model.max_prompt_length=%s or "
                  "prompt + response >= model.max_length=%s tokens)", dropped, len(pairs),
@@ -197,7 +213,7 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
         logging.getLogger("adpo").setLevel(logging.WARNING)
     device = eng.device()
     torch.manual_seed(int(tcfg.seed))
-    schedule = DataSchedule(keep.count(True), micro_batch_size=int(tcfg.micro_batch_size),
+    schedule = DataSchedule(held.count(False), micro_batch_size=int(tcfg.micro_batch_size),
                             accumulation=int(tcfg.gradient_accumulation_steps), world_size=world,
                             seed=int(tcfg.seed))
     total_steps = int(tcfg.max_steps) if tcfg.get("max_steps") else int(tcfg.epochs) * schedule.steps_per_epoch
@@ -206,8 +222,11 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     model_kwargs = {"dtype": str(mcfg.get("dtype", "auto")),
                     "trust_remote_code": bool(mcfg.get("trust_remote_code", False)),
                     "revision": mcfg.get("revision")}
+    if held.count(True):
+        log.info("train.heldout_pairs: %d pairs of %d questions held out for eval/* metrics every %s steps",
+                 held.count(True), len({p for p, h in zip(kept_prompts, held) if h}), tcfg.get("eval_every"))
     log.info("%d pairs, %d ranks, global batch %d, %d steps (%d per epoch), method %s %s, ZeRO-%d%s",
-             keep.count(True), world, schedule.global_batch, total_steps, schedule.steps_per_epoch, cfg.method.name,
+             held.count(False), world, schedule.global_batch, total_steps, schedule.steps_per_epoch, cfg.method.name,
              method.granularity, eng.zero_stage(ds_config), ", bf16" if bf16 else "")
 
     # --- reference log-probs: computed once, cached beside the pairs --------------------------------------------
@@ -226,6 +245,10 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     if dropped:
         pairs = [p for p, k in zip(pairs, keep) if k]
         reference = [r for r, k in zip(reference, keep) if k]
+    heldout_pairs = [p for p, h in zip(pairs, held) if h]
+    heldout_reference = [r for r, h in zip(reference, held) if h]
+    pairs = [p for p, h in zip(pairs, held) if not h]
+    reference = [r for r, h in zip(reference, held) if not h]
     log.info("reference log-probs %s %s (%.1f s)", "reused from" if cached else "cached in", cache_path,
              reference_seconds)
 
@@ -250,7 +273,8 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
                          reference_seconds=reference_seconds, method=method, schedule=schedule,
                          total_steps=total_steps, ds_config=ds_config, model_kwargs=model_kwargs, lora=lora,
                          engine=engine, rank=rank, world=world, device=device, progress=progress,
-                         hf_deepspeed_config=hf_ds_config, logps_chunk_size=chunk_size)
+                         hf_deepspeed_config=hf_ds_config, logps_chunk_size=chunk_size,
+                         heldout_pairs=heldout_pairs, heldout_reference=heldout_reference)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -295,9 +319,11 @@ def train(cfg: DictConfig) -> dict:
     # --- the loop -----------------------------------------------------------------------------------------------
     window = MetricWindow()
     last: dict[str, float] = {}
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.method.name} {method.granularity}",
-               disable=not setup.progress, unit="step", dynamic_ncols=True)
+    bar = Progress(total_steps, f"train {cfg.method.name} {method.granularity}", "step", initial=step,
+                   bar=setup.progress, every_s=progress_every(cfg), enabled=rank == 0)
+    pairs_per_step, first_step, loop_start = schedule.global_batch, step, time.perf_counter()
     save_every, log_every = int(tcfg.save_every or 0), max(int(tcfg.log_every or 1), 1)
+    eval_every = max(int(tcfg.get("eval_every") or log_every), 1)
     stop = StopRequest()
     while step < total_steps:
         # Dropout masks depend only on (seed, step, rank): a resumed run draws what an uninterrupted one would.
@@ -308,19 +334,25 @@ def train(cfg: DictConfig) -> dict:
         metrics = train_step(engine, batches, method, logps_chunk_size=setup.logps_chunk_size)
         window.add(metrics, time.perf_counter() - started)
         step += 1
-        bar.update(1)
+        row: dict[str, float] = {}
         if step % log_every == 0 or step == total_steps:
             last = window.reduce(world)
             grad_norm = engine.get_global_grad_norm()
             last.update(grad_norm=float(grad_norm) if grad_norm is not None else math.nan,
                         learning_rate=learning_rate, epoch=step / schedule.steps_per_epoch)
-            if rank == 0:
-                row = {"step": step, **last}
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                if wandb_run is not None:
-                    wandb_run.log(last, step=step)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['rewards/accuracies']:.2f}")
+            row.update(last)
+            bar.set_figures(loss=last["loss"], acc=last["rewards/accuracies"])
+        if setup.heldout_pairs and (step % eval_every == 0 or step == total_steps):
+            heldout = setup.heldout_metrics()
+            last.update(heldout)
+            row.update(heldout)
+            bar.set_figures(eval_loss=heldout["eval/loss"])
+        if row and rank == 0:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+            if wandb_run is not None:
+                wandb_run.log(row, step=step)
+        bar.update(1, pairs_per_s=pairs_per_step * (step - first_step) / max(time.perf_counter() - loop_start, 1e-9))
         stopping = step < total_steps and stop.agreed(world)
         if stopping or step == total_steps or (save_every and step % save_every == 0):
             checkpoint.save(engine, ckpt_dir, step, {"config_hash": run_hash}, keep=int(tcfg.keep_checkpoints),
@@ -343,6 +375,7 @@ def train(cfg: DictConfig) -> dict:
         wandb_run.summary.update({f"final/{k}": v for k, v in last.items()})
         wandb_run.finish()
     return {"rank": rank, "world_size": world, "steps": total_steps, "pairs": len(setup.pairs),
+            "pairs_held_out": len(setup.heldout_pairs),
             "pairs_dropped_over_length": setup.pairs_dropped,
             "reference_cache": str(setup.reference_cache), "final_metrics": last,
             "deepspeed": OmegaConf.to_container(OmegaConf.create(setup.ds_config))}
