@@ -4,6 +4,7 @@ same outputs as an uninterrupted run, with a final rerun that skips every stage.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -184,7 +185,13 @@ def test_killed_chain_resumes_to_the_same_outputs(tmp_path):
     root = tmp_path / "chain"
 
     # An uninterrupted run, moved aside so that the interrupted one writes to the same paths.
-    run_chain(root)
+    first = run_chain(root)
+    # Each long stage's progress, shown as it runs, with progress=false (what the stages print for a log file).
+    for stage, line in [("sft", r"sft \| step 60/60 100% \| [\d.]+ step/s .* \| loss [\d.]+"),
+                        ("eval \[base\]", r"eval gsm8k \| item 24/24 100% .* \| accuracy [\d.]+"),
+                        ("sample", r"sampling n=16 \| item 32/32 100% .* \| sample_accuracy [\d.]+"),
+                        ("train \[adpo-token-s0\]", r"train adpo token \| step (\d+)/\1 100% .* \| loss [\d.]+")]:
+        assert re.search(rf"^\[pipeline\] +\d+/\d+ {stage} +{line}", first, re.M), (stage, first)
     reference = outputs(root)
     assert any(k.startswith("train/") for k in reference) and "results/main.csv" in reference
     shutil.move(root, tmp_path / "uninterrupted")

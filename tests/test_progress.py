@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import subprocess
+import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from adpo.progress import Progress, format_duration, last_progress, parse_progress_line, progress_every
 
@@ -88,3 +92,36 @@ def test_durations_and_the_option():
     assert progress_every({"progress_every": 0}) is None
     with pytest.raises(ValueError, match="progress_every"):
         progress_every({"progress_every": -1})
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_pipeline_shows_a_running_stages_lines(tmp_path, monkeypatch, terminal):
+    """The pipeline's wait on a stage, on a real child that logs progress lines (one cut in two writes) and tqdm-style
+    redraws: a terminal gets one status line rewritten in place and cleared at the end; a file gets every line."""
+    from adpo.pipeline import Runner
+
+    log_path = tmp_path / "stage.log"
+    script = ("import sys, time\n"
+              "f = open(sys.argv[1], 'a')\n"
+              "for k in (1, 2, 3):\n"
+              "    f.write(f'[t][adpo.progress][INFO] - progress: stage | step {k}/3\\n'); f.flush(); time.sleep(0.6)\n"
+              "f.write('bar  50%|#####\\r[t][adpo.progress][INFO] - progr'); f.flush(); time.sleep(1.2)\n"
+              "f.write('ess: stage | done\\n'); f.close()\n")
+    runner = Runner(OmegaConf.create({"paths": {"root": str(tmp_path)}}))
+    out = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    runner.child = subprocess.Popen([sys.executable, "-c", script, str(log_path)])
+    assert runner._wait_showing_progress("[pipeline] 1/1 stage", log_path) == 0
+    shown = out.getvalue()
+    if terminal:
+        assert "\n" not in shown and shown.endswith("\r\x1b[K")
+        assert "\r\x1b[K[pipeline] 1/1 stage stage | done" in shown
+        assert "step 1/3" in shown or "step 2/3" in shown or "step 3/3" in shown
+    else:
+        assert shown.splitlines() == [f"[pipeline] 1/1 stage stage | step {k}/3" for k in (1, 2, 3)] + [
+            "[pipeline] 1/1 stage stage | done"]

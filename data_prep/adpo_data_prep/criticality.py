@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from adpo.data.tokenize import EncodedResponse, collate_responses
 from adpo.logprobs import DEFAULT_CHUNK_SIZE, OutputHead, contrastive_label_probs, final_hidden_states
 from adpo.losses import per_token_logps
+from adpo.progress import Progress
 
 
 def contrastive_token_probs(pos_logits: torch.Tensor, neg_logits: torch.Tensor, labels: torch.Tensor,
@@ -37,7 +37,8 @@ def chosen_weights(p_ce: torch.Tensor) -> torch.Tensor:
 def score_responses(model, encoded: Sequence[EncodedResponse], *, pad_id: int, positive: str = "positive",
                     negative: str = "negative", lam: float = 1.0, batch_size: int = 8,
                     device: torch.device | str = "cpu", progress: bool = False,
-                    chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> list[torch.Tensor]:
+                    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+                    progress_every: float | None = None) -> list[torch.Tensor]:
     """p_CE of every response token of every encoded (prompt, response), in input order.
 
     `model` is a peft model holding both adapters; each batch runs once under each, and the two models' logits exist
@@ -52,7 +53,8 @@ def score_responses(model, encoded: Sequence[EncodedResponse], *, pad_id: int, p
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     out: list[torch.Tensor | None] = [None] * len(encoded)
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    for idx in tqdm(batches, desc="p_CE", unit="batch", disable=not progress):
+    bar = Progress(len(encoded), "p_CE", "response", bar=progress, every_s=progress_every)
+    for idx in batches:
         batch = {k: v.to(device) for k, v in collate_responses([encoded[i] for i in idx], pad_id).items()}
         # logits at position t predict token t + 1: the response's tokens are predicted from prompt_len - 1 on
         positions = torch.zeros_like(batch["input_ids"][:, 1:], dtype=torch.bool)
@@ -67,4 +69,6 @@ def score_responses(model, encoded: Sequence[EncodedResponse], *, pad_id: int, p
                                         head, lam=lam, chunk_size=chunk_size).cpu()
         for i, piece in zip(idx, probs.split([len(encoded[i].response_ids) for i in idx])):
             out[i] = piece
+        bar.update(len(idx))
+    bar.close()
     return out  # type: ignore[return-value]

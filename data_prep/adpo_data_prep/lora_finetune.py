@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from adpo.data.tokenize import EncodedResponse, collate_responses
 from adpo.io import atomic_write_json
 from adpo.logprobs import DEFAULT_CHUNK_SIZE, completion_loss
+from adpo.progress import Progress
 
 log = logging.getLogger(__name__)
 TRAIN_INFO = "train_info.json"
@@ -165,7 +165,7 @@ def train_adapter(model: PeftModel, name: str, examples: Sequence[EncodedRespons
                   device: torch.device | str = "cpu", progress: bool = False,
                   on_step: Callable[[dict], None] | None = None, checkpoint_dir: str | Path | None = None,
                   save_every: int = 0, checkpoint_meta: dict | None = None,
-                  resume_from: str | Path | None = None) -> dict:
+                  resume_from: str | Path | None = None, progress_every: float | None = None) -> dict:
     """Train the active adapter `name` on (prompt, response) examples, loss on response tokens only.
 
     With `checkpoint_dir` and `save_every` > 0, the training state is saved there every `save_every` optimizer steps
@@ -209,8 +209,8 @@ def train_adapter(model: PeftModel, name: str, examples: Sequence[EncodedRespons
     save_every = int(save_every or 0) if checkpoint_dir is not None else 0
 
     rng = random.Random(f"{cfg.seed}:{name}")
-    bar = tqdm(total=batches_per_epoch * cfg.epochs, desc=f"LoRA SFT ({name})", unit="batch", disable=not progress,
-               initial=start_epoch * batches_per_epoch + skip)
+    bar = Progress(batches_per_epoch * cfg.epochs, f"LoRA SFT ({name})", "batch", bar=progress,
+                   every_s=progress_every, initial=start_epoch * batches_per_epoch + skip)
     for epoch in range(cfg.epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)  # every epoch's shuffle is drawn, done or not, so that the next ones are the same
@@ -245,8 +245,7 @@ def train_adapter(model: PeftModel, name: str, examples: Sequence[EncodedRespons
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "rng": _rng_state()})
                     log.info("LoRA SFT (%s): checkpoint at step %d/%d -> %s", name, step, total_steps, saved)
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update(1, loss=losses[-1])
     bar.close()
     model.eval()
     head = losses[: max(1, len(losses) // 10)]

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from adpo.config import stage_main
@@ -32,6 +31,7 @@ from adpo.io import atomic_directory, atomic_write_json
 from adpo.logprobs import DEFAULT_CHUNK_SIZE, completion_loss
 from adpo.manifest import config_hash, identity, is_complete, write_manifest
 from adpo.models import load_causal_lm, load_tokenizer
+from adpo.progress import Progress, progress_every
 from adpo_data_prep.toy.model import build_tiny_llama
 from adpo_data_prep.toy.tokenizer import build_tokenizer
 from adpo.tracking import init_wandb
@@ -160,8 +160,8 @@ def run(cfg: DictConfig) -> dict:
     run_ = init_wandb(cfg, job_type="sft", name=f"sft-{cfg.experiment_name}")
     model.train()
     start, t0, loss_sum, loss_n, last_loss = state["step"], time.time(), 0.0, 0, float("nan")
-    bar = tqdm(range(start, s.steps), initial=start, total=s.steps, desc="sft", disable=not cfg.progress)
-    for step in bar:
+    bar = Progress(s.steps, "sft", "step", initial=start, bar=bool(cfg.progress), every_s=progress_every(cfg))
+    for step in range(start, s.steps):
         lr = lr_at(step, s)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -176,11 +176,12 @@ def run(cfg: DictConfig) -> dict:
         loss_sum, loss_n, last_loss = loss_sum + loss.item(), loss_n + 1, loss.item()
         if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
             avg = loss_sum / loss_n
-            bar.set_postfix(loss=f"{avg:.3f}", lr=f"{lr:.1e}")
+            bar.set_figures(loss=avg, lr=lr)
             log.info("sft step %d/%d loss %.4f lr %.2e", step + 1, s.steps, avg, lr)
             if run_ is not None:
                 run_.log({"train/loss": avg, "train/lr": lr, "train/grad_norm": float(grad_norm)}, step=step + 1)
             loss_sum, loss_n = 0.0, 0
+        bar.update(1)
         if s.checkpoint_every and (step + 1) % s.checkpoint_every == 0 and step + 1 < s.steps:
             _save_checkpoint(ckpt, model, tokenizer, optimizer, step + 1, key)
     bar.close()

@@ -39,6 +39,7 @@ from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, latest_checkpo
 from adpo.manifest import config_hash, identity, is_complete, write_manifest
 from adpo.models import load_causal_lm, load_tokenizer, lora_config, resolve_device
 from adpo_data_prep.pairing import Sample, read_samples, sample_files
+from adpo.progress import progress_every
 from adpo_data_prep.pairs import check_samples_finished, default_dataset, samples_inputs, training_prompt_builder
 from adpo.tracking import init_wandb
 from adpo.training.pairs_data import iter_pair_rows
@@ -194,7 +195,7 @@ def build_adapters(model, cfg: DictConfig, sets: dict[str, Sequence[EncodedRespo
         report = train_adapter(model, name, sets[name], sft, pad_id=pad_id, device=device, progress=bool(cfg.progress),
                                on_step=wandb_run.log if wandb_run else None, checkpoint_dir=ckpt_dir,
                                save_every=save_every, checkpoint_meta={"key": key, "made_for": made_for[name]},
-                               resume_from=resume_from)
+                               resume_from=resume_from, progress_every=progress_every(cfg))
         save_adapter(model, name, path, {"key": key, "made_for": made_for[name], "report": report})
         remove_checkpoints(ckpt_dir)
         log.info("weights: %s adapter trained on %d examples, loss %.3f -> %.3f", name, report["examples"],
@@ -238,7 +239,7 @@ def run(cfg: DictConfig) -> Path:
     for side in sides:
         encoded = [encode(row["prompt"], row[side]) for row in pairs]
         probs = score_responses(model, encoded, pad_id=pad_id, lam=float(c.lam), batch_size=int(c.score_batch_size),
-                                device=device, progress=bool(cfg.progress),
+                                device=device, progress=bool(cfg.progress), progress_every=progress_every(cfg),
                                 chunk_size=c.get("logps_chunk_size", DEFAULT_CHUNK_SIZE))
         for row, p in zip(pairs, probs, strict=True):
             row[f"{side}_weights"] = [round(w, digits) for w in to_weight[side](p).tolist()]

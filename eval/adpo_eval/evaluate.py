@@ -28,6 +28,7 @@ from adpo.generation.graded import GradedGeneration, GradedProblem
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
 from adpo.manifest import MANIFEST, fingerprint, identity, is_complete, write_manifest
+from adpo.progress import figures_of, progress_every
 from adpo.tracking import init_wandb
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,9 @@ def run(cfg: DictConfig) -> Path:
         rows = run_sharded(problems, lambda shard, index: [prediction_row(g) for g in evaluator(shard, index)],
                            output_dir / SHARDS, item_id=lambda p: p.id, shard_size=int(e.shard_size),
                            fingerprint=made_for(cfg, input_fingerprints(inputs)), progress=bool(cfg.progress),
-                           desc=f"eval {'+'.join(datasets)}", option=OUTPUT_OPTION, on_start=mark_running)
+                           desc=f"eval {'+'.join(datasets)}", option=OUTPUT_OPTION, on_start=mark_running,
+                           progress_every=progress_every(cfg),
+                           figures=lambda done: {"accuracy": figures_of(done, "correct")})
 
     metrics = compute_metrics(rows)
     metrics.update(

@@ -17,6 +17,7 @@ import ctypes
 import itertools
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from adpo.config import compose, stage_main
 from adpo.manifest import identity, is_complete, read_manifest
+from adpo.progress import LogFollower
 from adpo.registry import stage as registered
 from adpo.registry import stage_names
 from adpo.run_dirs import PlannedJob, output_dir_of, plan_output_dirs, refuse_shared_output_dirs
@@ -185,10 +187,14 @@ def command(step: Step, cfg: DictConfig) -> list[str]:
     python = cfg.pipeline.python or sys.executable
     module = registered(step.stage).module
     nproc = int(cfg.pipeline.nproc_per_node)
+    overrides = list(step.overrides)
+    every = cfg.pipeline.get("progress_every")
+    if every and not any(_key(o) == "progress_every" for o in overrides):
+        overrides.append(f"progress_every={every}")  # the lines the pipeline shows; never part of a stage's hash
     if step.stage == "train" and nproc > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                "-m", module, *step.overrides]
-    return [python, "-m", module, *step.overrides]
+                "-m", module, *overrides]
+    return [python, "-m", module, *overrides]
 
 
 def is_finished(step: Step) -> bool:
@@ -229,6 +235,31 @@ class Runner:
                 self.child.kill()
         raise SystemExit(128 + signum)
 
+    def _wait_showing_progress(self, head: str, log_path: Path | None) -> int:
+        """Wait for the stage, showing the progress lines it logs: on a terminal one status line rewritten in place,
+        elsewhere (a file, a SLURM log) each line as it comes."""
+        assert self.child is not None
+        if log_path is None:  # stream_logs: the stage writes here itself
+            return self.child.wait()
+        follower, live, shown = LogFollower(log_path), sys.stdout.isatty(), False
+        while True:
+            try:
+                code = self.child.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                code = None
+            lines = follower.new_lines()
+            if live and lines:
+                sys.stdout.write(f"\r\x1b[K{head} {lines[-1]}"[:_terminal_width()])
+                sys.stdout.flush()
+                shown = True
+            elif lines:
+                print("\n".join(f"{head} {line}" for line in lines), flush=True)
+            if code is not None:
+                if shown:
+                    sys.stdout.write("\r\x1b[K")
+                    sys.stdout.flush()
+                return code
+
     def run_step(self, index: int, total: int, step: Step) -> str:
         head = f"[pipeline] {index:>2}/{total} {step.name:<40}"
         if is_finished(step):
@@ -253,7 +284,7 @@ class Runner:
             sink = None if p.stream_logs else log_file
             self.child = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT if sink else None, env=env,
                                           preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-            code = self.child.wait()
+            code = self._wait_showing_progress(head, log_path if sink else None)
             self.child = None
         seconds = time.time() - start
         if code != 0:
@@ -295,6 +326,10 @@ def run(cfg: DictConfig, cli_overrides: Sequence[str] | None = None) -> list[tup
     if cfg.pipeline.print_tables and "aggregate" in list(cfg.pipeline.stages) and tables.is_file():
         print("\n" + tables.read_text(), flush=True)
     return results
+
+
+def _terminal_width() -> int:
+    return shutil.get_terminal_size((120, 24)).columns + len("\r\x1b[K")
 
 
 def _hydra_overrides() -> list[str]:

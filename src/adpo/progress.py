@@ -142,3 +142,28 @@ def figures_of(rows: list[Mapping[str, Any]], key: str) -> float | None:
     """The mean of a boolean/numeric field over rows (accuracy so far), None when no row has it."""
     values = [float(r[key]) for r in rows if r.get(key) is not None]
     return sum(values) / len(values) if values else None
+
+
+class LogFollower:
+    """The progress lines a running stage has added to its log since the last call (the log is read as it grows;
+    a line still being written is kept for the next call)."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def new_lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self.partial + data
+        # tqdm redraws with \r: a complete line ends in \n or \r.
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        self.partial = data[cut:]
+        text = data[:cut].decode("utf-8", errors="replace")
+        return [found for line in text.splitlines() if (found := parse_progress_line(line)) is not None]

@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
 
 from adpo.config_diff import check_made_for
 from adpo.io import atomic_write_json, atomic_write_jsonl, iter_jsonl
 from adpo.manifest import config_hash
+from adpo.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +99,15 @@ def run_sharded(
     desc: str = "generating",
     option: str | None = None,
     on_start: Callable[[], Any] | None = None,
+    progress_every: float | None = None,
+    figures: Callable[[list[dict]], Mapping[str, Any]] | None = None,
 ) -> list[dict]:
     """Process `items` shard by shard into `out_dir` (resuming), and return all rows in item order.
 
     `option`, the config key that names out_dir's stage directory, is offered in a conflict's message. `on_start`
     runs once the shards on disk are known to be this work's, before any is written or deleted (a stage marks its
-    directory as running there, so that a refused run leaves the directory as it found it)."""
+    directory as running there, so that a refused run leaves the directory as it found it). A progress line is logged
+    every `progress_every` seconds (adpo.progress), with `figures(rows written so far by this run)` in it."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     ids = [str(item_id(item)) for item in items]
@@ -135,12 +138,13 @@ def run_sharded(
     done_items = len(items) - sum(len(shards[i]) for i in pending)
     if done_items:
         log.info("%s: resuming, %d of %d shards already written", out_dir, len(shards) - len(pending), len(shards))
-    with tqdm(total=len(items), initial=done_items, desc=desc, unit="item", disable=not progress,
-              dynamic_ncols=True) as bar:
+    new_rows: list[dict] = []
+    with Progress(len(items), desc, "item", initial=done_items, bar=progress, every_s=progress_every) as bar:
         for index in pending:
             rows = list(process(shards[index], index))
             atomic_write_jsonl(shard_path(out_dir, index), rows)
-            bar.update(len(shards[index]))
+            new_rows.extend(rows)
+            bar.update(len(shards[index]), **(dict(figures(new_rows)) if figures else {}))
     return list(iter_shard_rows(out_dir, plan["num_shards"]))
 
 

@@ -239,6 +239,7 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     reference, cached = reference_logps(
         pairs, cache_path=cache_path, meta=meta, pad_token_id=tokenizer.pad_token_id,
         batch_size=int(tcfg.reference_batch_size), device=device, progress=progress, chunk_size=chunk_size,
+        progress_every=progress_every(cfg),
         load_model=lambda: load_causal_lm(ref_name, **{**model_kwargs, "dtype": ref_dtype}).to(device),
     )
     reference_seconds = time.perf_counter() - started

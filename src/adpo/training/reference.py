@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from adpo.io import atomic_open
 from adpo.logprobs import DEFAULT_CHUNK_SIZE
+from adpo.progress import Progress
 from adpo.training.logps import batch_token_logps
 from adpo.training.pairs_data import TokenizedPair, make_batch
 
@@ -89,14 +89,15 @@ def load_cache(path: Path, meta: dict, num_pairs: int) -> ReferenceLogps | None:
 @torch.no_grad()
 def compute_reference_logps(model: torch.nn.Module, pairs: Sequence[TokenizedPair], *, pad_token_id: int,
                             batch_size: int, device, progress: bool = False,
-                            chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> ReferenceLogps:
+                            chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+                            progress_every: float | None = None) -> ReferenceLogps:
     """Per-token log-probs of both responses of each pair, computed in length-sorted batches."""
     model.eval()
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].num_tokens)
     out: list = [None] * len(pairs)
     placeholder = [(torch.zeros(len(p.chosen_ids)), torch.zeros(len(p.rejected_ids))) for p in pairs]
-    for start in tqdm(range(0, len(order), batch_size), desc="reference log-probs", disable=not progress,
-                      unit="batch"):
+    bar = Progress(len(order), "reference log-probs", "pair", bar=progress, every_s=progress_every)
+    for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = make_batch([pairs[i] for i in idx], [placeholder[i] for i in idx], pad_token_id).to(device)
         logps = batch_token_logps(model, batch, chunk_size=chunk_size).float().cpu()
@@ -104,6 +105,8 @@ def compute_reference_logps(model: torch.nn.Module, pairs: Sequence[TokenizedPai
         n = len(idx)
         for row, i in enumerate(idx):
             out[i] = (logps[row][mask[row]].clone(), logps[n + row][mask[n + row]].clone())
+        bar.update(n)
+    bar.close()
     return out
 
 
@@ -132,7 +135,8 @@ def _part_path(cache_path: Path, token: str, rank: int, world: int) -> Path:
 
 def reference_logps(pairs: Sequence[TokenizedPair], *, cache_path: Path, meta: dict, load_model, pad_token_id: int,
                     batch_size: int, device, progress: bool = False,
-                    chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> tuple[ReferenceLogps, bool]:
+                    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+                    progress_every: float | None = None) -> tuple[ReferenceLogps, bool]:
     """The cached log-probs, computing them first when absent (every rank a shard). Returns (logps, was_cached).
 
     `load_model()` builds the reference model; it is called only when the cache is missing and freed afterwards.
@@ -151,7 +155,7 @@ def reference_logps(pairs: Sequence[TokenizedPair], *, cache_path: Path, meta: d
     model = load_model()
     values = compute_reference_logps(model, [pairs[i] for i in shard], pad_token_id=pad_token_id,
                                      batch_size=batch_size, device=device, progress=progress and rank == 0,
-                                     chunk_size=chunk_size)
+                                     chunk_size=chunk_size, progress_every=progress_every if rank == 0 else None)
     del model
     gc.collect()
     with contextlib.suppress(Exception):
