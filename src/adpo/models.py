@@ -2,6 +2,9 @@
 layout.
 
     load_causal_lm(name_or_path, dtype="auto", device=...)   a directory or hub id, in the dtype the config names
+    load_policy(name_or_path, ...)                            the same, or a LoRA adapter directory (the train stage's
+                                                              default output): its base model with the adapter merged
+    adapter_info(path)                                        a LoRA adapter directory's base model and rank, or None
     load_tokenizer(name_or_path)                              with a pad token (EOS when the model has none)
     lora_config(cfg.train.lora, model=None)                   peft's LoraConfig of {r, alpha, dropout, target_modules}
                                                               (given the model: on its language model only)
@@ -62,6 +65,53 @@ def load_causal_lm(name_or_path: str | Path, *, dtype: str | torch.dtype | None 
     if revision:
         kwargs["revision"] = revision
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    return model if device is None else model.to(resolve_device(device))
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def resolve_model_path(name_or_path: str | Path) -> str:
+    """A local directory as an absolute path (what a directory written elsewhere can find again); a hub id as is."""
+    path = Path(str(name_or_path)).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(name_or_path)
+
+
+def adapter_info(path: str | Path) -> dict[str, Any] | None:
+    """For a local PEFT LoRA adapter directory (adapter_config.json, no config.json of its own): its base model
+    (`base_model`, `revision`) and its largest rank `r`; None for anything else (a full or merged model directory, a
+    hub id). A relative base path is read relative to the adapter directory."""
+    import json
+
+    path = Path(str(path))
+    config_file = path / ADAPTER_CONFIG
+    if not config_file.is_file() or (path / "config.json").is_file():
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{config_file}: no base_model_name_or_path; the adapter does not say which model it adapts")
+    if not Path(base).is_absolute() and (path / base).is_dir():
+        base = str((path / base).resolve())
+    ranks = [int(config.get("r") or 0), *(int(v) for v in (config.get("rank_pattern") or {}).values())]
+    return {"base_model": str(base), "revision": config.get("revision"), "r": max(ranks),
+            "peft_type": config.get("peft_type")}
+
+
+def load_policy(name_or_path: str | Path, *, dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False,
+                revision: str | None = None, device: str | torch.device | None = None,
+                dtype_key: str = "model.dtype"):
+    """load_causal_lm for a model directory or hub id; for a LoRA adapter directory (adapter_info), its base model
+    in `dtype` with the adapter applied and merged in memory (a plain transformers model, as a merged export loads)."""
+    adapter = adapter_info(name_or_path)
+    if adapter is None:
+        return load_causal_lm(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
+                              device=device, dtype_key=dtype_key)
+    from peft import PeftModel
+
+    base = load_causal_lm(adapter["base_model"], dtype=dtype, trust_remote_code=trust_remote_code,
+                          revision=adapter["revision"], dtype_key=dtype_key)
+    model = PeftModel.from_pretrained(base, str(name_or_path), is_trainable=False).merge_and_unload()
     return model if device is None else model.to(resolve_device(device))
 
 

@@ -1,5 +1,7 @@
 """transformers `generate` as a generation backend: batched, left-padded, KV-cached, stop strings, seeded sampling.
 
+A LoRA adapter directory is loaded as its base model with the adapter merged in memory (adpo.models.load_policy).
+
 The fallback where vLLM cannot run (no vLLM build, an unsupported head size on CPU); on CPU with tiny models it is
 also the faster one. Sequences are sorted by prompt length before batching so that padding stays small.
 """
@@ -13,7 +15,7 @@ from omegaconf import DictConfig
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from adpo.generation.base import Completion, Generator, Request
-from adpo.models import load_causal_lm, load_tokenizer, resolve_device
+from adpo.models import load_policy, load_tokenizer, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,10 @@ class HFGenerator(Generator):
         device = resolve_device(cfg.get("device"))
         trust = bool(cfg.get("trust_remote_code", False))
         tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
-        model = load_causal_lm(model_path, dtype=cfg.get("dtype"), trust_remote_code=trust, device=device,
-                               dtype_key="generation.dtype")
+        # A LoRA adapter directory (the train stage's default output) is its base model with the adapter merged in
+        # memory; the tokenizer is the one saved beside the adapter.
+        model = load_policy(model_path, dtype=cfg.get("dtype"), trust_remote_code=trust, device=device,
+                            dtype_key="generation.dtype")
         model.eval()
         max_model_len = cfg.get("max_model_len") or getattr(model.config, "max_position_embeddings", None) or 2048
         super().__init__(model_path, tokenizer, max_model_len, prompt_format)

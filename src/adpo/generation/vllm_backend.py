@@ -5,6 +5,10 @@ conf/generation/vllm_cpu.yaml runs the engine inside this process (`distributed_
 multiprocessing off: starts in 3-5 s); conf/generation/vllm.yaml keeps vLLM's defaults (an engine-core process, and
 workers for tensor parallelism), which need the caller's `if __name__ == "__main__":` guard, as every stage has.
 
+A LoRA adapter directory (the train stage's default output) runs as its base model with vLLM's LoRA support
+(`enable_lora`, `max_lora_rank` from the adapter's config, one LoRARequest on every request): the adapter is never
+merged, and one engine could serve many adapters of the same base.
+
 On CPU, vLLM replaces `torch.set_num_threads` by a no-op in the process that hosts the engine, and sets up
 torch.distributed there: set the thread count (generation.threads) before the engine starts, and keep other torch
 work that needs its own thread count out of that process.
@@ -23,12 +27,22 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
 from adpo.generation.base import FINISH_REASONS, Completion, Generator, Request
-from adpo.models import load_tokenizer
+from adpo.models import adapter_info, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 # Head sizes vLLM-CPU's attention kernels support (vllm/v1/attention/backends/cpu_attn.py).
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+# The values vLLM accepts for max_lora_rank (vllm/config/lora.py: MaxLoRARanks).
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def max_lora_rank(rank: int) -> int:
+    """The smallest max_lora_rank vLLM accepts that holds an adapter of rank `rank`."""
+    for allowed in LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank ({LORA_RANKS[-1]}); use generation=hf")
 
 
 def configure_environment(cfg: DictConfig) -> None:
@@ -62,7 +76,10 @@ def cpu_refusal(model_path: str, trust_remote_code: bool = False) -> str | None:
     without torchvision, which the CPU install leaves out: both are said up front."""
     if not _is_cpu_platform():
         return None
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    adapter = adapter_info(model_path)  # an adapter runs on its base model: the base's shape decides
+    config = AutoConfig.from_pretrained(adapter["base_model"] if adapter else model_path,
+                                        trust_remote_code=trust_remote_code,
+                                        **({"revision": adapter["revision"]} if adapter and adapter["revision"] else {}))
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     if head_dim not in CPU_HEAD_SIZES:
@@ -122,10 +139,13 @@ class VLLMGenerator(Generator):
             if reason:
                 raise ValueError(f"{reason}; use generation=hf for this model")
         # The HF tokenizer, so that prompts are encoded by the same rule as in the HF backend and in training.
+        # An adapter directory holds the tokenizer training used: vLLM reads it from there, the weights from the base.
         tokenizer = load_tokenizer(model_path, trust_remote_code=trust)
         self._tokenizer_dir = tokenizer_for_vllm(model_path, tokenizer, trust)
+        adapter = adapter_info(model_path)
+        self._lora_request = None
         engine_args = dict(
-            model=str(model_path),
+            model=str(adapter["base_model"] if adapter else model_path),
             tokenizer=str(self._tokenizer_dir or model_path),
             dtype=cfg.get("dtype") or "auto",
             max_model_len=cfg.get("max_model_len"),
@@ -142,6 +162,14 @@ class VLLMGenerator(Generator):
             # with an offset API only CUDA generators have ("CPU Generator does not use offset"): every sample here
             # is seeded, so on CPU prompts are never split (seen with 16 answers x 4 few-shot prompts per shard).
             engine_args["enable_chunked_prefill"] = False
+        if adapter:
+            from vllm.lora.request import LoRARequest
+
+            engine_args.update(enable_lora=True, max_loras=1, max_lora_rank=max_lora_rank(adapter["r"]),
+                               revision=adapter["revision"])
+            self._lora_request = LoRARequest("policy", 1, str(Path(model_path).resolve()))
+            log.info("%s is a LoRA adapter (rank %d) of %s: served with vLLM's LoRA support", model_path,
+                     adapter["r"], adapter["base_model"])
         extra = cfg.get("engine_kwargs")
         if extra:
             engine_args.update(OmegaConf.to_container(extra, resolve=True))
@@ -170,7 +198,7 @@ class VLLMGenerator(Generator):
             for index, budget in enumerate(request.budgets)
         ]
         prompts = [TokensPrompt(prompt_token_ids=ids) for ids in request.prompt_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self._lora_request)
         results = []
         for output in outputs:
             completions = [self._completion(c, request.stop) for c in output.outputs]

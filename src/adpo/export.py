@@ -1,0 +1,457 @@
+"""The trained policy as files: what the train stage writes to output_dir/model, its model card, and the hub upload.
+
+    train.export=adapter   (LoRA runs, the default) PEFT's adapter_config.json + adapter_model.safetensors, the
+                           tokenizer, and the base model it adapts (adapter_config.json's base_model_name_or_path: a
+                           hub id, or a local directory as an absolute path; its revision when one was set)
+    train.export=merged    the adapter merged into the base: full weights in the transformers format (as before)
+    full fine-tuning       always full weights (train.export is not read)
+
+Beside the weights: export.json (what the card is made from: method, data, training config, final training
+metrics) and README.md, a Hugging Face model card (YAML metadata: base_model, library_name peft|transformers, tags,
+datasets, model-index once evaluated). The eval stage adds its accuracy with add_eval_results (eval_results.json,
+the card rendered again). The directory is written whole or not at all (adpo.io.atomic_directory): a run killed
+while exporting leaves the previous directory (or none), and the rerun resumes from its last checkpoint and exports
+again. With train.push_to_hub=true, rank 0 then uploads the directory (huggingface_hub: create_repo +
+upload_folder) to train.hub_model_id.
+
+The evaluation and sampling stages load any of the three (adpo.models.load_policy, the vLLM backend's LoRA
+support). For a finished run:
+
+    python -m adpo.export merge <train_dir>/model <out_dir>          # merged full weights from an adapter
+    python -m adpo.export push <train_dir>/model --repo-id me/name   # upload (card included)
+    python -m adpo.export card <train_dir>/model                     # render README.md again
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from adpo.io import atomic_directory, atomic_write_json, atomic_write_text
+from adpo.models import ADAPTER_CONFIG, adapter_info, copy_processor_files, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+EXPORTS = ("adapter", "merged")
+EXPORT_RECORD = "export.json"
+EVAL_RESULTS = "eval_results.json"
+CARD = "README.md"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+RECORD_FORMAT = 1
+
+
+def export_kind(tcfg: Mapping[str, Any], lora: bool) -> str:
+    """"adapter" or "merged" for a LoRA run (train.export, default adapter), "full" for full fine-tuning."""
+    if not lora:
+        return "full"
+    kind = str(tcfg.get("export") or "adapter")
+    if kind not in EXPORTS:
+        raise ValueError(f"train.export must be one of {EXPORTS} (LoRA runs), got {kind!r}")
+    return kind
+
+
+def hub_repo_name(cfg: Mapping[str, Any]) -> str:
+    """train.hub_model_id, or a name made from the model, data and run (the token's own namespace)."""
+    tcfg = cfg["train"]
+    if tcfg.get("hub_model_id"):
+        return str(tcfg["hub_model_id"])
+    name = f"{cfg['model'].get('name', 'model')}-{cfg['data'].get('name', 'data')}-{cfg.get('run_name') or 'run'}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:96]
+
+
+# --- gathering the weights (every rank) ---------------------------------------------------------------------------
+
+def adapter_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The trained (LoRA) parameters on CPU at rank 0 under their PeftModel names; None on the other ranks. Under
+    ZeRO-3 only these are gathered, never the frozen base weights. Every rank must call it."""
+    named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+    if engine.zero_optimization_partition_weights():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+            state = ({n: p.detach().cpu().clone() for n, p in named} if dist.get_rank() == 0 else None)
+        return state
+    if dist.get_rank() != 0:
+        return None
+    return {n: p.detach().cpu().clone() for n, p in named}
+
+
+# --- the record the card is made from -----------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _last_metrics(metrics_file: Path) -> dict[str, Any]:
+    """The last row of a train run's metrics.jsonl (a resumed run that had nothing left to train logs none)."""
+    if not metrics_file.is_file():
+        return {}
+    rows = [line for line in metrics_file.read_text().splitlines() if line.strip()]
+    for line in reversed(rows):
+        with contextlib.suppress(json.JSONDecodeError):
+            return json.loads(line)
+    return {}
+
+
+def export_record(cfg: Mapping[str, Any], kind: str, base_model: str, final_metrics: Mapping[str, Any] | None,
+                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What export.json holds: everything the model card shows, as plain JSON."""
+    cfg = _plain(cfg)
+    method, tcfg, model, data = cfg.get("method", {}), cfg.get("train", {}), cfg.get("model", {}), cfg.get("data", {})
+    train_keys = ("lr", "epochs", "max_steps", "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio",
+                  "schedule", "weight_decay", "max_grad_norm", "length_policy", "seed", "gradient_checkpointing",
+                  "heldout_pairs")
+    return {
+        "format": RECORD_FORMAT,
+        "export": kind,
+        "base_model": base_model,
+        "base_model_revision": model.get("revision"),
+        "run_name": cfg.get("run_name"),
+        "experiment_name": cfg.get("experiment_name"),
+        "method": {k: method.get(k) for k in ("name", "label", "granularity", "beta", "segment_loss", "use_weights",
+                                               "length_mode", "reduction", "eos_weight") if k in method},
+        "model": {k: model.get(k) for k in ("name", "paper_name", "name_or_path", "dtype", "prompt_format",
+                                             "max_prompt_length", "max_length") if k in model},
+        "data": {"name": data.get("name"), "dataset": data.get("dataset"), "source": data.get("source"),
+                 "path": data.get("path"), "pairs": str(Path(str(cfg.get("input_dir", ""))) / "pairs.jsonl")},
+        "train": {k: tcfg.get(k) for k in train_keys if k in tcfg},
+        "lora": ({k: tcfg["lora"].get(k) for k in ("r", "alpha", "dropout", "target_modules")}
+                 if kind != "full" and tcfg.get("lora") else None),
+        "deepspeed_zero_stage": (cfg.get("deepspeed", {}).get("zero_optimization") or {}).get("stage"),
+        "train_metrics": dict(final_metrics or {}),
+        **dict(extra or {}),
+    }
+
+
+# --- the model card -----------------------------------------------------------------------------------------------
+
+_HUB_DATASETS = {"gsm8k": "openai/gsm8k", "math": "EleutherAI/hendrycks_math"}
+_TRAIN_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
+                  "logps/chosen", "logps/rejected", "segments/win_fraction", "segments/per_pair", "grad_norm",
+                  "learning_rate", "epoch")
+
+
+def _looks_like_hub_id(name: str | None) -> bool:
+    return bool(name) and not Path(str(name)).is_absolute() and bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(name)))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return "-" if value is None else str(value)
+
+
+def render_card(record: Mapping[str, Any], eval_results: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The model card (README.md: YAML metadata + Markdown) of an exported policy."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    method, data, train, lora = record["method"], record["data"], record["train"], record.get("lora")
+    kind = record["export"]
+    method_name = str(method.get("name") or "dpo")
+    label = method.get("label") or method_name.upper()
+    dataset_id = data.get("path") if data.get("source") == "hub" else _HUB_DATASETS.get(str(data.get("dataset")))
+    tags = ["adpo", "dpo", method_name, f"granularity-{re.sub(r'[^a-z0-9]+', '-', str(method.get('granularity')))}",
+            "preference-optimization", "math-reasoning"]
+    if kind == "adapter":
+        tags += ["lora", "peft"]
+    tags = list(dict.fromkeys(tags))
+    model_name = f"{record.get('model', {}).get('name') or 'policy'}-{record.get('run_name') or method_name}"
+    results = []
+    for run_dir, m in sorted((eval_results or {}).items()):
+        name = str(m.get("dataset") or data.get("dataset") or "eval")
+        results.append(EvalResult(task_type="text-generation", task_name="Math word problems",
+                                  dataset_type=_HUB_DATASETS.get(name, name), dataset_name=name.upper(),
+                                  dataset_split=m.get("split"), metric_type="accuracy", metric_name="Accuracy",
+                                  metric_value=round(float(m["accuracy"]), 6),
+                                  metric_config=f"{m.get('num_shots')}-shot {m.get('prompt_style') or ''}".strip()))
+    # The hub takes base_model as a hub id: a run from a local copy names its path in the text and adapter_config.
+    card_data = ModelCardData(
+        base_model=record["base_model"] if _looks_like_hub_id(record["base_model"]) else None, library_name="peft" if kind == "adapter" else "transformers",
+        pipeline_tag="text-generation", tags=tags, datasets=[dataset_id] if dataset_id else None,
+        model_name=model_name if results else None, eval_results=results or None,
+    )
+    base = record["base_model"]
+    lines = [f"# {model_name}", "",
+             f"{label} ({method_name}, granularity `{method.get('granularity')}`) policy trained from `{base}`"
+             + (f" (revision `{record['base_model_revision']}`)" if record.get("base_model_revision") else "")
+             + " with the ADPO reproduction pipeline (Autoregressive Direct Preference Optimization).", ""]
+    if kind == "adapter":
+        lines += ["This directory holds the **LoRA adapter only** (PEFT format): load it on top of the base model.",
+                  ""]
+        if not _looks_like_hub_id(base):
+            lines += [f"The base model is a local directory, `{base}` (adapter_config.json's "
+                      "base_model_name_or_path): load the adapter where that path exists, or point "
+                      "base_model_name_or_path at another copy of the same weights.", ""]
+    elif kind == "merged":
+        lines += ["Full weights: the LoRA adapter merged into the base model.", ""]
+    else:
+        lines += ["Full weights (full fine-tuning).", ""]
+    lines += ["## Method", "", "| | |", "| --- | --- |"]
+    for key in ("name", "granularity", "beta", "segment_loss", "use_weights", "length_mode", "reduction",
+                "eos_weight"):
+        if key in method:
+            lines.append(f"| {key} | {_fmt(method[key])} |")
+    lines += ["", "## Data", "", "| | |", "| --- | --- |",
+              f"| dataset | {_fmt(data.get('dataset'))} ({_fmt(dataset_id or data.get('path'))}) |",
+              f"| preference pairs | `{data.get('pairs')}` |"]
+    for key in ("pairs", "pairs_dropped_over_length", "pairs_held_out", "steps"):
+        if record.get(key) is not None:
+            lines.append(f"| {key.replace('_', ' ')} | {_fmt(record[key])} |")
+    lines += ["", "## Training", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in train.items()]
+    if lora:
+        lines += [f"| lora.{k} | {_fmt(v)} |" for k, v in lora.items()]
+    if record.get("deepspeed_zero_stage") is not None:
+        lines.append(f"| DeepSpeed ZeRO stage | {record['deepspeed_zero_stage']} |")
+    lines += [f"| export | {kind} |", ""]
+    metrics = record.get("train_metrics") or {}
+    if metrics:
+        lines += ["## Final training metrics", "", "Averaged over the last logging window"
+                  + (f" (step {metrics['step']})" if "step" in metrics else "") + ".", "", "| metric | value |",
+                  "| --- | --- |"]
+        names = [k for k in _TRAIN_METRICS if k in metrics] + sorted(k for k in metrics if k.startswith("eval/"))
+        lines += [f"| {k} | {_fmt(metrics[k])} |" for k in names] + [""]
+    lines += ["## Evaluation", ""]
+    if eval_results:
+        lines += ["| dataset | split | shots | accuracy | correct / total | eval directory |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for run_dir, m in sorted(eval_results.items()):
+            lines.append(f"| {_fmt(m.get('dataset'))} | {_fmt(m.get('split'))} | {_fmt(m.get('num_shots'))} | "
+                         f"{float(m['accuracy']):.4f} | {m.get('correct')} / {m.get('total')} | `{run_dir}` |")
+        lines.append("")
+    else:
+        lines += ["Not evaluated yet (the eval stage adds its accuracy here).", ""]
+    lines += ["## Use", "", "```python"]
+    if kind == "adapter":
+        lines += ["from peft import AutoPeftModelForCausalLM",
+                  "from transformers import AutoTokenizer", "",
+                  'model = AutoPeftModelForCausalLM.from_pretrained("<this directory or repo>")  # base + adapter',
+                  'tokenizer = AutoTokenizer.from_pretrained("<this directory or repo>")',
+                  "model = model.merge_and_unload()  # optional: plain transformers weights", "```", "",
+                  f"With vLLM: `LLM(model=\"{base}\", enable_lora=True, max_lora_rank={_vllm_rank(lora)})`"
+                  " and `LoRARequest(\"policy\", 1, \"<this directory>\")` on each request. In this pipeline, "
+                  "`adpo-eval model_dir=<this directory>` does either, for both backends."]
+    else:
+        lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                  'model = AutoModelForCausalLM.from_pretrained("<this directory or repo>")',
+                  'tokenizer = AutoTokenizer.from_pretrained("<this directory or repo>")', "```"]
+    lines.append("")
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    return str(card)
+
+
+def _vllm_rank(lora: Mapping[str, Any] | None) -> int:
+    from adpo.generation.vllm_backend import max_lora_rank
+
+    return max_lora_rank(int(lora["r"])) if lora else 16
+
+
+def read_record(model_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(model_dir) / EXPORT_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_card(model_dir: str | Path) -> Path:
+    """Render README.md from export.json and eval_results.json (atomically)."""
+    model_dir = Path(model_dir)
+    record = read_record(model_dir)
+    if record is None:
+        raise FileNotFoundError(f"{model_dir / EXPORT_RECORD}: not a directory exported by the train stage")
+    results_file = model_dir / EVAL_RESULTS
+    results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    return atomic_write_text(model_dir / CARD, render_card(record, results))
+
+
+@contextlib.contextmanager
+def _card_lock(model_dir: Path) -> Iterator[None]:
+    """Evaluations of one model on several datasets may finish at once: one read-modify-write at a time."""
+    import fcntl
+
+    with open(model_dir / ".card.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+EVAL_KEYS = ("accuracy", "correct", "total", "dataset", "split", "num_shots", "prompt_style", "max_new_tokens",
+             "no_answer", "truncated", "generated_with")
+
+
+def add_eval_results(model_dir: str | Path, eval_dir: str | Path, metrics: Mapping[str, Any]) -> Path | None:
+    """Record an eval stage's metrics beside an exported model (eval_results.json, keyed by the eval directory) and
+    render its card again; None (nothing written) for a model this pipeline did not export (a hub id, a base
+    model). The model directory's identity for later stages is its train manifest, which this does not touch."""
+    model_dir = Path(str(model_dir))
+    if not (model_dir / EXPORT_RECORD).is_file():
+        return None
+    with _card_lock(model_dir):
+        results_file = model_dir / EVAL_RESULTS
+        results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+        results[str(Path(eval_dir).resolve())] = {k: metrics.get(k) for k in EVAL_KEYS}
+        atomic_write_json(results_file, results)
+        return write_card(model_dir)
+
+
+# --- writing the directory ----------------------------------------------------------------------------------------
+
+def _save_adapter(peft_model, state: dict[str, torch.Tensor], out: Path, base_model: str,
+                  revision: str | None) -> None:
+    config = peft_model.peft_config["default"]
+    saved = (config.base_model_name_or_path, config.revision)
+    config.base_model_name_or_path, config.revision = base_model, revision
+    try:
+        # save_embedding_layers=False: only LoRA matrices are trained; "auto" would look at the (partitioned) embeddings.
+        peft_model.save_pretrained(str(out), state_dict=state, save_embedding_layers=False)
+    finally:
+        config.base_model_name_or_path, config.revision = saved
+
+
+def _merged_model(base_model: str, model_kwargs: Mapping[str, Any], lora_cfg, state: dict[str, torch.Tensor]):
+    """The LoRA policy rebuilt on CPU from its base model and `state` (full, or the adapter's parameters only),
+    merged: plain transformers weights."""
+    from adpo.models import load_causal_lm
+    from adpo.training.engine import apply_lora
+
+    model = apply_lora(load_causal_lm(base_model, **model_kwargs), lora_cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any("lora_" in k for k in missing):
+        raise RuntimeError(f"the trained state does not fit the rebuilt LoRA model: missing "
+                           f"{[k for k in missing if 'lora_' in k][:5]}, unexpected {unexpected[:5]}")
+    return model.merge_and_unload()
+
+
+def export_policy(engine, tokenizer, out_dir: str | Path, cfg, *, model_kwargs: Mapping[str, Any], lora: bool,
+                  final_metrics: Mapping[str, Any] | None = None,
+                  summary: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """Write out_dir from rank 0 (call on every rank): the adapter, merged or full weights as train.export and the
+    run say, the tokenizer, export.json and the model card; then push it when train.push_to_hub. Returns the
+    export record on rank 0, None elsewhere."""
+    out_dir = Path(out_dir)
+    tcfg, mcfg = cfg.train, cfg.model
+    kind = export_kind(tcfg, lora)
+    base_model = resolve_model_path(mcfg.name_or_path)
+    if kind == "adapter":
+        state = adapter_state_dict(engine)
+    else:
+        from adpo.training.checkpoint import full_state_dict
+
+        state = full_state_dict(engine)
+    record = None
+    if dist.get_rank() == 0:
+        # After ZeRO-3, transformers would load any new model with zero.Init (and hang on a one-rank gather).
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+        metrics = dict(final_metrics or {}) or _last_metrics(out_dir.parent / "metrics.jsonl")
+        with atomic_directory(out_dir) as tmp:
+            if kind == "adapter":
+                _save_adapter(engine.module, state, tmp, base_model, mcfg.get("revision"))
+            elif kind == "merged":
+                _merged_model(str(mcfg.name_or_path), model_kwargs, tcfg.lora, state).save_pretrained(str(tmp))
+            else:
+                engine.module.save_pretrained(str(tmp), state_dict=state)
+            tokenizer.save_pretrained(str(tmp))
+            # A multimodal base (Gemma-3) needs its processor files for vLLM to load the policy.
+            copy_processor_files(mcfg.name_or_path, tmp)
+            files = sorted({p.name for p in tmp.iterdir()} | {EXPORT_RECORD, CARD})
+            record = export_record(cfg, kind, base_model, metrics, {**dict(summary or {}), "files": files})
+            atomic_write_json(tmp / EXPORT_RECORD, record)
+            atomic_write_text(tmp / CARD, render_card(record))
+        size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
+        log.info("model written to %s (%s, %.1f MB)", out_dir, kind, size / 1e6)
+    dist.barrier()
+    if dist.get_rank() == 0 and tcfg.get("push_to_hub"):
+        push_to_hub(out_dir, hub_repo_name(cfg), private=bool(tcfg.get("hub_private", True)))
+    return record
+
+
+# --- the hub ------------------------------------------------------------------------------------------------------
+
+def push_to_hub(model_dir: str | Path, repo_id: str, *, private: bool = True, api=None,
+                commit_message: str | None = None) -> str:
+    """Upload an exported directory (weights or adapter, tokenizer, export.json, README.md) to a hub model repo,
+    creating it if needed; returns the repo id. The token is huggingface_hub's (HF_TOKEN, or `hf auth login`)."""
+    from huggingface_hub import HfApi
+
+    model_dir = Path(model_dir)
+    if not (model_dir / CARD).is_file():
+        raise FileNotFoundError(f"{model_dir}: no {CARD} (model card); export the model with adpo.export first")
+    api = api or HfApi()
+    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    repo = getattr(url, "repo_id", None) or repo_id
+    record = read_record(model_dir) or {}
+    message = commit_message or f"{record.get('export', 'model')}: {record.get('run_name') or model_dir.name}"
+    api.upload_folder(folder_path=str(model_dir), repo_id=repo, repo_type="model", commit_message=message,
+                      ignore_patterns=[".*", "*.lock", "*.tmp"])
+    log.info("pushed %s to the hub: %s", model_dir, repo)
+    return repo
+
+
+# --- finished runs ------------------------------------------------------------------------------------------------
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str = "auto",
+                  trust_remote_code: bool = False) -> Path:
+    """Merged full weights (with tokenizer, export.json and card) from an exported adapter directory."""
+    from adpo.models import load_policy, load_tokenizer
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    info = adapter_info(adapter_dir)
+    if info is None:
+        raise ValueError(f"{adapter_dir}: not a LoRA adapter directory (no {ADAPTER_CONFIG}, or full weights)")
+    model = load_policy(adapter_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(adapter_dir, trust_remote_code=trust_remote_code)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        copy_processor_files(info["base_model"], tmp)
+        record = read_record(adapter_dir)
+        if record is not None:
+            record = {**record, "export": "merged", "merged_from": str(adapter_dir.resolve()),
+                      "files": sorted({p.name for p in tmp.iterdir()} | {EXPORT_RECORD, CARD})}
+            atomic_write_json(tmp / EXPORT_RECORD, record)
+            atomic_write_text(tmp / CARD, render_card(record))
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m adpo.export", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    merge = sub.add_parser("merge", help="merged full weights from an exported adapter directory")
+    merge.add_argument("adapter_dir")
+    merge.add_argument("out_dir")
+    merge.add_argument("--dtype", default="auto")
+    push = sub.add_parser("push", help="upload an exported directory to the hub")
+    push.add_argument("model_dir")
+    push.add_argument("--repo-id", required=True)
+    push.add_argument("--public", action="store_true")
+    card = sub.add_parser("card", help="render README.md again from export.json and eval_results.json")
+    card.add_argument("model_dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    if args.command == "merge":
+        print(merge_adapter(args.adapter_dir, args.out_dir, dtype=args.dtype))
+    elif args.command == "push":
+        print(push_to_hub(args.model_dir, args.repo_id, private=not args.public))
+    else:
+        print(write_card(args.model_dir))
+
+
+if __name__ == "__main__":
+    main()
