@@ -3,6 +3,7 @@ same outputs as an uninterrupted run, with a final rerun that skips every stage.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -144,9 +145,9 @@ def chain_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run_chain(root: Path, timeout: float = 1200) -> str:
-    proc = subprocess.run(chain_command(root), capture_output=True, text=True, timeout=timeout, env=chain_env(),
-                          cwd=REPO)
+def run_chain(root: Path, timeout: float = 1200, *extra: str) -> str:
+    proc = subprocess.run(chain_command(root) + list(extra), capture_output=True, text=True, timeout=timeout,
+                          env=chain_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -180,12 +181,45 @@ def _log_says(root: Path, pattern: str, text: str) -> bool:
     return any(text in p.read_text(errors="replace") for p in (root / "logs").glob(pattern))
 
 
+def check_wandb_runs(root: Path) -> None:
+    """Every stage of the chain logged a run, read back from wandb's offline files: the data statistics and samples,
+    the base model's eval named as such, the trained policy's train and eval runs linked."""
+    from test_wandb import read_run_list
+
+    runs = read_run_list(root / "wandb")
+    by_type = {}
+    for run in runs:
+        by_type.setdefault(run["job_type"], []).append(run)
+    assert set(by_type) >= {"prepare", "sft", "sample", "pairs", "train", "eval"}, sorted(by_type)
+    assert {r["group"] for r in runs} == {"tiny_chain"}
+    assert {r["name"] for r in runs} >= {"prepare-tiny-toy", "sft-tiny-toy", "sample-tiny-toy", "pairs-tiny-toy",
+                         "base-tiny-toy", "adpo-token-tiny-toy-s0"}, sorted(r["name"] for r in runs)
+    stats = json.loads((root / "pairs" / "stats.json").read_text())
+    pairs = by_type["pairs"][0]["summary"]
+    assert pairs["pairs/mean_wrong_answers_per_question"] == stats["mean_wrong_answers_per_question"]
+    assert pairs["pairs/num_pairs"] == len((root / "pairs" / "pairs.jsonl").read_text().splitlines())
+    sample = json.loads((root / "samples" / "summary.json").read_text())
+    assert by_type["sample"][0]["summary"]["sample/sample_accuracy"] == sample["sample_accuracy"]
+    assert by_type["prepare"][0]["summary"]["prepare/test/problems"] == 24
+    evals = {r["name"]: r for r in by_type["eval"]}
+    assert set(evals) == {"base-tiny-toy", "adpo-token-tiny-toy-s0"}
+    [train] = by_type["train"]
+    policy_eval = evals["adpo-token-tiny-toy-s0"]
+    assert train["name"] == policy_eval["name"] and "adpo-token-s0" in train["tags"] and \
+        "adpo-token-s0" in policy_eval["tags"]
+    assert policy_eval["config"]["train_run_id"] == train["run_id"] == \
+        (root / "train" / "adpo-token-s0" / "wandb_run_id").read_text().strip()
+    accuracy = json.loads((root / "eval" / "adpo-token-s0" / "metrics.json").read_text())["accuracy"]
+    assert policy_eval["summary"]["eval/accuracy"] == accuracy
+    assert "train_run_id" not in evals["base-tiny-toy"]["config"] and "base" in evals["base-tiny-toy"]["tags"]
+
+
 @pytest.mark.slow
 def test_killed_chain_resumes_to_the_same_outputs(tmp_path):
     root = tmp_path / "chain"
 
     # An uninterrupted run, moved aside so that the interrupted one writes to the same paths.
-    first = run_chain(root)
+    first = run_chain(root, 1200, "wandb=offline")
     # Each long stage's progress, shown as it runs, with progress=false (what the stages print for a log file).
     for stage, line in [("sft", r"sft \| step 60/60 100% \| [\d.]+ step/s .* \| loss [\d.]+"),
                         ("eval \[base\]", r"eval gsm8k \| item 24/24 100% .* \| accuracy [\d.]+"),
@@ -194,6 +228,7 @@ def test_killed_chain_resumes_to_the_same_outputs(tmp_path):
         assert re.search(rf"^\[pipeline\] +\d+/\d+ {stage} +{line}", first, re.M), (stage, first)
     reference = outputs(root)
     assert any(k.startswith("train/") for k in reference) and "results/main.csv" in reference
+    check_wandb_runs(root)
     shutil.move(root, tmp_path / "uninterrupted")
 
     # Killed in the middle of the sft stage (after a checkpoint), then in the middle of training, then finished.

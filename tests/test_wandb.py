@@ -12,11 +12,16 @@ from train_helpers import read_wandb_records
 
 
 def read_runs(root: Path) -> dict[str, dict]:
+    """The runs under root by name (runs of one name, a policy's train and eval: read_run_list)."""
+    return {run["name"]: run for run in read_run_list(root)}
+
+
+def read_run_list(root: Path) -> list[dict]:
     import wandb
 
     # finish() may return before wandb's service has written everything (seen under load); teardown waits for it.
     wandb.teardown()
-    runs = {}
+    runs = []
     for path in sorted(root.rglob("run-*.wandb")):
         run: dict = {"history": []}
         kinds = []
@@ -25,14 +30,19 @@ def read_runs(root: Path) -> dict[str, dict]:
             kinds.append(kind)
             if kind == "run":
                 r = record.run
-                run.update(group=r.run_group, job_type=r.job_type, project=r.project,
-                           config={i.key: json.loads(i.value_json) for i in r.config.update})
+                run.update(group=r.run_group, job_type=r.job_type, project=r.project, tags=list(r.tags),
+                           run_id=r.run_id, config={i.key: json.loads(i.value_json) for i in r.config.update})
                 run["name"] = r.display_name
+            elif kind == "config":  # run.config.update() after init
+                run.setdefault("config", {}).update({i.key: json.loads(i.value_json) for i in record.config.update})
+            elif kind == "summary":
+                run.setdefault("summary", {}).update({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                                      for i in record.summary.update})
             elif kind == "history":
                 run["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
                                        for i in record.history.item})
         assert "name" in run, f"{path}: no run record among {kinds}"
-        runs[run["name"]] = run
+        runs.append(run)
     return runs
 
 

@@ -19,6 +19,7 @@ from adpo.data.records import Problem
 from adpo.data.tokenize import within_length_limits
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
 from adpo.manifest import identity, is_complete, read_manifest, write_manifest
+from adpo.tracking import log_stage_summary
 from adpo_data_prep.pairing import PairChoice, build_pairs, read_samples, sample_files
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,9 @@ def count_over_length(cfg: DictConfig, rows: list[dict[str, Any]]) -> int | None
     return sum(not within_length_limits(tokenizer, r["prompt"], (r["chosen"], r["rejected"]), **limits) for r in rows)
 
 
+EXAMPLES_LOGGED = 50  # pairs shown in wandb's table: enough to read, not the whole file
+
+
 def run(cfg: DictConfig) -> Path:
     samples_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
     inputs = samples_inputs(samples_dir)
@@ -168,6 +172,9 @@ def run(cfg: DictConfig) -> Path:
     write_manifest(output_dir, "pairs", cfg, inputs, key=identity(cfg, "pairs"),
                    outputs={"pairs": "pairs.jsonl", "stats": "stats.json", "num_pairs": len(rows),
                             "stats_summary": json.loads(json.dumps(summary))})
+    columns = ["problem_id", "gold", "chosen_answer", "rejected_answer", "prompt", "chosen", "rejected"]
+    log_stage_summary(cfg, "pairs", {"num_pairs": len(rows), **json.loads(json.dumps(summary))},
+                      table=(columns, [[r.get(c) for c in columns] for r in rows[:EXAMPLES_LOGGED]]))
     return output_dir / "pairs.jsonl"
 
 

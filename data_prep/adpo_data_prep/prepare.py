@@ -22,6 +22,7 @@ from adpo.data.loaders import data_splits, load_problems, resolve_local_path, sp
 from adpo.data.records import write_problems
 from adpo.io import DataError
 from adpo.manifest import identity, is_complete, write_manifest
+from adpo.tracking import log_stage_summary
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
@@ -75,6 +76,8 @@ def run(cfg: DictConfig) -> Path:
         if split not in splits and (output_dir / f"{split}.jsonl").exists():
             (output_dir / f"{split}.jsonl").unlink()
     write_manifest(output_dir, "prepare", cfg, inputs, outputs, key=key)
+    log_stage_summary(cfg, "prepare", {split: {k: v for k, v in o.items() if k != "file"}
+                                       for split, o in outputs.items()})
     return output_dir
 
 

@@ -24,6 +24,7 @@ from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json
 from adpo.manifest import fingerprint, identity, is_complete, write_manifest
 from adpo.progress import figures_of, progress_every
+from adpo.tracking import log_stage_summary
 
 log = logging.getLogger(__name__)
 PROMPT_IN_ROWS = ("all", "first")
@@ -80,6 +81,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "mean_tokens": sum(r.get("num_tokens", 0) for r in rows) / total}
 
 
+EXAMPLES_LOGGED = 50  # samples shown in wandb's table: enough to read, not the whole file
+
+
 def run(cfg: DictConfig) -> Path:
     input_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
     s = cfg.sampling
@@ -122,6 +126,9 @@ def run(cfg: DictConfig) -> Path:
           f"cut at max_tokens {summary['truncated_rate']:.3f}", flush=True)
     write_manifest(output_dir, "sample", cfg, inputs, key=identity(cfg, "sample"),
                    outputs={"shards": "shard-*.jsonl", **summary})
+    columns = ["problem_id", "sample_index", "gold", "extracted", "correct", "finish_reason", "num_tokens", "text"]
+    log_stage_summary(cfg, "sample", summary,
+                      table=(columns, [[r.get(c) for c in columns] for r in rows[:EXAMPLES_LOGGED]]))
     return output_dir
 
 

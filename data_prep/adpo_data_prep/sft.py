@@ -157,7 +157,7 @@ def run(cfg: DictConfig) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.95), weight_decay=s.weight_decay)
     if state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
-    run_ = init_wandb(cfg, job_type="sft", name=f"sft-{cfg.experiment_name}")
+    run_ = init_wandb(cfg, job_type="sft")
     model.train()
     start, t0, loss_sum, loss_n, last_loss = state["step"], time.time(), 0.0, 0, float("nan")
     bar = Progress(s.steps, "sft", "step", initial=start, bar=bool(cfg.progress), every_s=progress_every(cfg))

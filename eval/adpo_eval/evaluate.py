@@ -129,6 +129,11 @@ def log_to_wandb(cfg: DictConfig, metrics: dict[str, Any], rows: Sequence[dict[s
         return
     import wandb
 
+    # The training run of the evaluated policy (its wandb id beside the model): one click from accuracy to curves.
+    train_run_id = Path(str(metrics["model"])).parent / "wandb_run_id"
+    if train_run_id.is_file():
+        run.config.update({"train_run_id": train_run_id.read_text().strip()}, allow_val_change=True)
+
     flat = {f"eval/{k}": metrics[k] for k in ("accuracy", "correct", "total", "no_answer", "truncated",
                                                 "mean_tokens")}
     if metrics.get("tokens_per_s") is not None:

@@ -35,10 +35,10 @@ from adpo.progress import LogFollower
 from adpo.registry import stage as registered
 from adpo.registry import stage_names
 from adpo.run_dirs import PlannedJob, output_dir_of, plan_output_dirs, refuse_shared_output_dirs
+from adpo.tracking import BASE_RUN
 
 log = logging.getLogger(__name__)
 
-BASE_RUN = "base"
 
 
 class StageFailed(RuntimeError):

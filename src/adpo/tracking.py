@@ -1,13 +1,17 @@
 """wandb for every stage: offline files by default, online when the user asks for it; only rank 0 logs.
 
 Runs of one sweep share a group (`wandb.group`, which the sweep configs set; else the experiment name; else the
-Hydra sweep directory) and are named `{method}-{granularity}-{model}-{data}-s{seed}` unless `wandb.name` or the
-caller names them. The resolved config is logged, with the Hydra job's overrides under `hydra_job`.
+Hydra sweep directory). A training run and its evaluation are both named `{method}-{granularity}-{model}-{data}-s{seed}`
+(job types train and eval, tagged with the run's name; the eval run records the train run's id as `train_run_id`);
+the base model's evaluation is `base-{model}-{data}`; the data stages and aggregate are `{stage}-{model}-{data}`;
+`wandb.name` or the caller may name a run otherwise. The resolved config is logged, with the Hydra job's overrides
+under `hydra_job`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -35,18 +39,44 @@ def _hydra_job() -> dict[str, Any] | None:
         return None
 
 
-def run_label(cfg: DictConfig) -> str:
-    """`{method}-{granularity}-{model}-{data}-s{seed}`, leaving out parts the config does not have."""
-    job = _hydra_job() or {}
-    choices = job.get("choices", {})
+BASE_RUN = "base"  # run_name of the base model's evaluation (adpo.pipeline)
+# Stages with one run per trained policy; the others have one per (model, data).
+PER_POLICY = ("train", "eval")
+
+
+def _model_and_data(cfg: DictConfig) -> list[Any]:
+    choices = (_hydra_job() or {}).get("choices", {})
+    return [OmegaConf.select(cfg, "model.name") or choices.get("model"),
+            choices.get("data") or OmegaConf.select(cfg, "data.name")]
+
+
+def _join(parts: list[Any]) -> str:
+    return "-".join(str(p) for p in parts if p not in (None, ""))
+
+
+def run_label(cfg: DictConfig, job_type: str = "train") -> str:
+    """`{method}-{granularity}-{model}-{data}-s{seed}` for a policy's train and eval runs (leaving out parts the
+    config does not have), `base-{model}-{data}` for the base model's eval, `{job_type}-{model}-{data}` else."""
+    if job_type not in PER_POLICY:
+        return _join([job_type, *_model_and_data(cfg)])
+    if OmegaConf.select(cfg, "run_name", default=None) == BASE_RUN:
+        return _join([BASE_RUN, *_model_and_data(cfg)])
     method = OmegaConf.select(cfg, "method.name")
     granularity = OmegaConf.select(cfg, "method.granularity")
-    model = OmegaConf.select(cfg, "model.name") or choices.get("model")
-    data = choices.get("data") or OmegaConf.select(cfg, "data.name")
     seed = OmegaConf.select(cfg, "seed")
-    parts = [method, _slug(granularity) if granularity is not None else None, model, data]
-    label = "-".join(str(p) for p in parts if p not in (None, ""))
+    label = _join([method, _slug(granularity) if granularity is not None else None, *_model_and_data(cfg)])
     return f"{label}-s{seed}" if seed is not None else label
+
+
+def run_tags(cfg: DictConfig, job_type: str) -> list[str]:
+    """The configured tags, plus the run's name (`run_name`) for a policy's train and eval runs: wandb's filter for
+    one run's curves and accuracy together."""
+    tags = [str(t) for t in ((cfg.get("wandb") or {}).get("tags") or [])]
+    if job_type in PER_POLICY:
+        run_name = OmegaConf.select(cfg, "run_name", default=None)
+        if run_name:
+            tags.append(str(run_name))
+    return list(dict.fromkeys(tags))
 
 
 def run_group(cfg: DictConfig) -> str | None:
@@ -79,13 +109,45 @@ def init_wandb(cfg: DictConfig, job_type: str, name: str | None = None, rank: in
         "entity": wb.get("entity"),
         "group": run_group(cfg),
         "job_type": job_type,
-        "name": name or wb.get("name") or run_label(cfg),
+        "name": name or wb.get("name") or run_label(cfg, job_type),
         "dir": str(wb.dir),
         "mode": wb.mode,
-        "tags": list(wb.get("tags") or []),
+        "tags": run_tags(cfg, job_type),
         "config": config,
         "reinit": "finish_previous",
         "settings": wandb.Settings(silent=True, x_disable_stats=True),
     }
     kwargs.update(extra)  # the caller's words win (id=..., resume=..., group=...)
     return wandb.init(**kwargs)
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested statistics as wandb summary keys (`a/b/c`), keeping numbers and strings."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}/"))
+        elif isinstance(value, (bool, int, float, str)) or value is None:
+            out[name] = value
+    return out
+
+
+def log_stage_summary(cfg: DictConfig, job_type: str, summary: Mapping[str, Any],
+                      table: tuple[Sequence[str], Sequence[Sequence[Any]]] | None = None) -> None:
+    """A data stage's run: its statistics as the run's summary (and history step 0, for charts across runs), and
+    optionally a table of examples (`{job_type}/examples`)."""
+    run = init_wandb(cfg, job_type=job_type)
+    if run is None:
+        return
+    flat = flatten(summary, f"{job_type}/")
+    run.summary.update(flat)
+    numbers = {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numbers:
+        run.log(numbers, step=0)
+    if table is not None:
+        import wandb
+
+        columns, rows = table
+        run.log({f"{job_type}/examples": wandb.Table(columns=list(columns), data=[list(r) for r in rows])}, step=0)
+    run.finish()
