@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+# adpo.help also registers the ${adpo_help:...} resolver that every entry point's --help template uses.
+from adpo.help import group_shorthand
 
 VERSION_BASE = "1.3"
 
@@ -32,6 +36,7 @@ def stage_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], C
     def wrap(run: Callable[[DictConfig], object]) -> Callable[[], None]:
         @functools.wraps(run)
         def main() -> None:
+            sys.argv[1:] = group_shorthand(sys.argv[1:])  # sweep=NAME is +sweep=NAME (adpo.help)
             hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base=VERSION_BASE)(run)()
 
         return main
@@ -48,7 +53,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        cfg = hydra_compose(config_name=config_name, overrides=group_shorthand(overrides))
     return cfg
 
 
