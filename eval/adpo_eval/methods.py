@@ -74,3 +74,19 @@ class Methods(dict[str, MethodInfo]):
 
     def in_main_table(self, method: str, granularity: str) -> bool:
         return granularity == self[method].main_granularity
+
+    def for_paper_name(self, paper_name: str) -> str:
+        """Our method the paper calls paper_name: a run's method first, then a method config; else the paper's name
+        itself (a row of the paper's that no config of ours implements, shown under that name)."""
+        for info in [*self.values(), *(method_info(n) for n in configured_methods(str(conf_dir())))]:
+            if info.paper_name == paper_name:
+                self.setdefault(info.name, info)
+                return info.name
+        self.setdefault(paper_name, MethodInfo(paper_name, paper_name, paper_name, math.inf, None, paper_name))
+        return paper_name
+
+
+@functools.cache
+def configured_methods(conf: str) -> tuple[str, ...]:
+    """The method configs in the conf tree `conf` (conf/method/*.yaml; _base.yaml is no method)."""
+    return tuple(sorted(p.stem for p in (Path(conf) / "method").glob("*.yaml") if not p.stem.startswith("_")))

@@ -1,4 +1,9 @@
-"""The paper's numbers (table,method,granularity,model,dataset,accuracy), to sit beside ours."""
+"""The paper's numbers (table,method,granularity,model,dataset,accuracy), to sit beside ours.
+
+Read into our spellings so that a lookup is an exact match: granularities as our configs write them ("static_k8" ->
+"static:8") and datasets as the test sets they are (method.md: every MATH figure in the paper is MATH-500, so the
+paper's "MATH" is "MATH-500"; a run on the full MATH test set, MATH-5000, never meets a paper number).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ import pandas as pd
 from adpo.config import conf_dir
 from adpo.io import DataError
 
-# (method's paper name, paper granularity, model, dataset) -> accuracy in percent
-PaperNumbers = dict[tuple[str, str, str, str], float]
+# The paper's dataset names -> the test sets they were measured on (method.md, "Evaluation").
+PAPER_TEST_SETS = {"GSM8K": "GSM8K", "MATH": "MATH-500"}
+COLUMNS = ["table", "method", "granularity", "model", "dataset", "accuracy"]
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -21,27 +27,33 @@ def resolve_path(path: str | Path) -> Path:
     return conf_dir().parent / path
 
 
-def read_paper_numbers(path: Path) -> PaperNumbers:
+def our_granularity(granularity: str) -> str:
+    """The paper table's spelling -> ours ("static_k8" -> "static:8", "adaptive_m4" -> "adaptive:4")."""
+    for prefix, kind in (("static_k", "static"), ("adaptive_m", "adaptive")):
+        if granularity.startswith(prefix) and granularity[len(prefix):].isdigit():
+            return f"{kind}:{granularity[len(prefix):]}"
+    return granularity
+
+
+def read_paper_numbers(path: Path) -> pd.DataFrame:
+    """One row per number, in the file's order (which is the paper's row order), in our spellings."""
     frame = pd.read_csv(path)
-    needed = {"method", "granularity", "model", "dataset", "accuracy"}
-    if not needed <= set(frame.columns):
-        raise DataError(f"{path}: needs columns {sorted(needed)}, has {list(frame.columns)}")
-    return {(r.method, r.granularity, r.model, r.dataset): float(r.accuracy) for r in frame.itertuples()}
+    if "table" not in frame.columns:  # a file of the main table only
+        frame["table"] = "main"
+    missing = set(COLUMNS) - set(frame.columns)
+    if missing:
+        raise DataError(f"{path}: needs columns {COLUMNS}, lacks {sorted(missing)}")
+    frame = frame[COLUMNS].copy()
+    frame["granularity"] = frame["granularity"].astype(str).map(our_granularity)
+    frame["dataset"] = frame["dataset"].map(lambda d: PAPER_TEST_SETS.get(d, d))
+    frame["accuracy"] = frame["accuracy"].astype(float)
+    return frame.reset_index(drop=True)
 
 
-def paper_numbers(path: Path | None) -> tuple[PaperNumbers, str | None]:
+def paper_numbers(path: Path | None) -> tuple[pd.DataFrame, str | None]:
     """The numbers, or none and a note saying why (a missing file is not an error: the tables show ours only)."""
     if path is None:
-        return {}, "Paper numbers: not requested (aggregate.paper_tables=null)."
+        return pd.DataFrame(columns=COLUMNS), "Paper numbers: not requested (aggregate.paper_tables=null)."
     if not path.is_file():
-        return {}, f"Paper numbers: {path} not found; tables show our runs only."
+        return pd.DataFrame(columns=COLUMNS), f"Paper numbers: {path} not found; tables show our runs only."
     return read_paper_numbers(path), None
-
-
-def paper_granularity(granularity: str) -> str:
-    """Our granularity spelling -> the paper table's ("static:8" -> "static_k8", "adaptive:4" -> "adaptive_m4")."""
-    if granularity.startswith("static:"):
-        return "static_k" + granularity.split(":", 1)[1]
-    if granularity.startswith("adaptive:"):
-        return "adaptive_m" + granularity.split(":", 1)[1]
-    return granularity

@@ -15,7 +15,9 @@ from adpo.io import DataError, iter_jsonl
 from adpo.manifest import read_manifest
 from adpo_eval.methods import BASE_MODEL, DISPLAY_KEYS, MethodInfo, method_info
 
-DATASET_LABELS = {"gsm8k": "GSM8K", "math": "MATH"}
+# The test sets we label runs with and their sizes (method.md, "Evaluation"). A run on fewer problems (data.limit,
+# eval.limit) is labelled as the part of its set it is, so that it never sits beside a number measured on the whole.
+TEST_SET_SIZES = {"GSM8K": 1319, "MATH-500": 500, "MATH-5000": 5000}
 # group_by=auto: the config sections searched for settings that differ between runs of one method ...
 AUTO_PREFIXES = ("train.", "method.", "sampling.", "pairing.")
 # ... except settings that are seeds, places, the method's identity or how tables show it.
@@ -67,13 +69,34 @@ def model_label(cfg: dict[str, Any]) -> str:
     return str(_get(cfg, "model.paper_name") or _get(cfg, "model.name") or _get(cfg, "model.name_or_path") or "?")
 
 
-def dataset_label(cfg: dict[str, Any]) -> str:
+def test_set(cfg: dict[str, Any]) -> str:
+    """The whole test set a run's data config evaluates on: GSM8K, MATH-500 (its test split is the 500-problem
+    subset, as in data=math500 and math500_local) or MATH-5000 (the full MATH test set, data=math). The split decides,
+    not the name or the count: the first 500 problems of the full set (data.limit=500) are no MATH-500."""
+    dataset = _get(cfg, "data.dataset")
+    if dataset == "gsm8k":
+        return "GSM8K"
+    if dataset == "math":
+        test_split = json.dumps(_get(cfg, "data.splits.test"), default=str).lower()
+        return "MATH-500" if "math-500" in test_split or "math500" in test_split else "MATH-5000"
+    return str(_get(cfg, "data.name") or dataset or "?")
+
+
+def dataset_label(cfg: dict[str, Any], problems: int | None) -> str:
+    """The test set a run was measured on, exactly: "GSM8K", "MATH-500", "MATH-5000", or the part of one it ran on
+    ("MATH-500 (first 16 of 500)"), another split ("GSM8K (train split, 100 problems)"), the toy task's name."""
     if _get(cfg, "data.paper_name"):
         return str(_get(cfg, "data.paper_name"))
     if _get(cfg, "data.source") == "toy":
         return str(_get(cfg, "data.name") or "toy")
-    dataset = _get(cfg, "data.dataset")
-    return DATASET_LABELS.get(dataset, str(_get(cfg, "data.name") or dataset or "?"))
+    name = test_set(cfg)
+    split = str(_get(cfg, "eval.split") or "test")
+    if split != "test":
+        return f"{name} ({split} split, {problems} problems)"
+    size = TEST_SET_SIZES.get(name)
+    if size is None or problems is None or problems == size:
+        return name
+    return f"{name} (first {problems} of {size})" if problems < size else f"{name} ({problems} problems)"
 
 
 def find_eval_dirs(roots: Iterable[str | Path]) -> list[Path]:
@@ -111,16 +134,17 @@ def load_run(path: Path) -> tuple[EvalRun | None, str | None]:
                 missing = "id" if "id" not in row else "correct"
                 raise DataError(f"{predictions}:{lineno}: missing field '{missing}'")
             correct[str(row["id"])] = float(bool(row["correct"]))
+    metrics = json.loads((path / "metrics.json").read_text())
     if correct:
         accuracy = 100.0 * sum(correct.values()) / len(correct)
     else:
-        metrics = json.loads((path / "metrics.json").read_text())
         if "accuracy" not in metrics:
             raise DataError(f"{path / 'metrics.json'}: missing field 'accuracy'")
         value = float(metrics["accuracy"])
         accuracy = 100.0 * value if value <= 1.0 else value
+    problems = len(correct) or metrics.get("n_problems") or metrics.get("total")
     seed = cfg.get("seed")
-    return EvalRun(path, info, granularity, model_label(cfg), dataset_label(cfg),
+    return EvalRun(path, info, granularity, model_label(cfg), dataset_label(cfg, int(problems) if problems else None),
                    int(seed) if seed is not None else None, accuracy, correct, cfg), None
 
 

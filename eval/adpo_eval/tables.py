@@ -1,23 +1,26 @@
-"""Runs -> the tables' contents: per-variant means with intervals over seeds, the paper's layout (a row per model x
-method, a column pair per dataset), and paired comparisons between methods on the same problems."""
+"""Runs -> the tables' contents: per-variant means with intervals over seeds, the paper's layout (methods as rows,
+model x test set as columns; under each of our rows the paper's number and ours minus the paper's where the paper
+measured the same thing), and paired comparisons between methods on the same problems."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 import pandas as pd
 
 from adpo_eval.methods import Methods
-from adpo_eval.paper import PaperNumbers, paper_granularity
-from adpo_eval.render import MISSING
+from adpo_eval.render import COLUMN_SEP, MISSING
 from adpo_eval.runs import EvalRun
 from adpo_eval.stats import mean_ci, paired_bootstrap
 
-DATASET_ORDER = ["GSM8K", "MATH"]
+DATASET_ORDER = ["GSM8K", "MATH-500", "MATH-5000"]
 PAPER_MODEL_ORDER = ["Llama-3-8B", "Gemma-3-12B", "Qwen-3-8B", "DeepSeek-Math-7B"]
+# The "Row" column of a table with the paper's numbers in it.
+OURS, PAPER, DIFF, OURS_ONLY = "ours", "paper", "ours − paper", "ours (not in the paper)"
 
 
 def granularity_rank(granularity: str) -> tuple[int, float]:
@@ -36,32 +39,55 @@ def _ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
     return [v for v in preferred if v in values] + sorted(values - set(preferred))
 
 
-def summarize(runs: Sequence[EvalRun], methods: Methods, group_by: Sequence[str], paper: PaperNumbers,
+def summarize(runs: Sequence[EvalRun], methods: Methods, group_by: Sequence[str], paper: pd.DataFrame,
               confidence: float) -> pd.DataFrame:
-    """One row per (model, dataset, method, granularity, group): mean and CI over seeds, the paper's number."""
+    """One row per (model, dataset, method, granularity, group): mean and CI over seeds, the paper's number and
+    ours minus it; then a row (no accuracy, seeds 0) for each of the paper's numbers on a model and test set we ran
+    that no run of ours matches, so that the tables keep the paper's shape."""
     cells: dict[tuple, list[EvalRun]] = defaultdict(list)
     for r in runs:
         cells[(r.model, r.dataset, r.method, r.granularity, r.group)].append(r)
     rows = []
     for (model, dataset, method, granularity, group), members in cells.items():
         ci = mean_ci([m.accuracy for m in members], confidence)
-        paper_value = paper.get((methods[method].paper_name, paper_granularity(granularity), model, dataset))
         rows.append({"model": model, "dataset": dataset, "method": method, "granularity": granularity,
                      **dict(group), "accuracy": ci.estimate, "ci_low": ci.low, "ci_high": ci.high,
                      "seeds": len(members), "problems": min(len(m.correct) for m in members) or None,
-                     "paper": paper_value, "runs": ";".join(sorted(str(m.path) for m in members))})
+                     "runs": ";".join(sorted(str(m.path) for m in members))})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
+    frame = _with_paper(frame, paper, methods, group_by)
     frame["_model"] = frame["model"].map(lambda m: (PAPER_MODEL_ORDER + [m]).index(m))
     frame["_method"] = frame["method"].map(lambda m: methods[m].rank)
     frame["_gran"] = frame["granularity"].map(granularity_rank)
     groups = [f"_g{i}" for i in range(len(group_by))]
     for col, key in zip(groups, group_by):
         frame[col] = frame[key].map(_value_rank)
-    frame = frame.sort_values(["_model", "model", *groups, "_method", "_gran"]).drop(
+    frame = frame.sort_values(["_model", "model", *groups, "_method", "_gran"], kind="stable").drop(
         columns=["_model", "_method", "_gran", *groups])
     return frame.reset_index(drop=True)
+
+
+def _with_paper(frame: pd.DataFrame, paper: pd.DataFrame, methods: Methods, group_by: Sequence[str]) -> pd.DataFrame:
+    """frame with the paper's number beside each matching row (`paper`, `diff` = ours - paper, `paper_table`, and
+    `paper_rank`, the number's row in the paper's file) plus rows for the paper's numbers no run of ours matches."""
+    paper = paper.assign(method=[methods.for_paper_name(m) for m in paper["method"]])
+    paper = paper.reset_index(drop=True).rename(columns={"accuracy": "paper", "table": "paper_table"})
+    paper["paper_rank"] = paper.index
+    paper = paper.drop_duplicates(["model", "dataset", "method", "granularity"])
+    ran = frame[["model", "dataset"]].drop_duplicates()
+    paper = paper.merge(ran, on=["model", "dataset"])  # only where we measured the same model on the same test set
+    variant = ["model", "dataset", "method", "granularity"]
+    # Every group of ours on a model and test set gets the paper's rows (the base model's group, "-", if it is alone).
+    trained = frame["method"] != "base"
+    pair_trained = trained.groupby([frame["model"], frame["dataset"]]).transform("any")
+    groups = frame.loc[trained | ~pair_trained, ["model", "dataset", *group_by]].drop_duplicates()
+    paper = paper.merge(groups, on=["model", "dataset"])
+    merged = frame.merge(paper, on=[*variant, *group_by], how="outer")
+    merged["seeds"] = merged["seeds"].fillna(0).astype(int)
+    merged["diff"] = merged["accuracy"] - merged["paper"]
+    return merged
 
 
 def _value_rank(value: str) -> tuple[int, float, str]:
@@ -75,54 +101,110 @@ def _value_rank(value: str) -> tuple[int, float, str]:
 
 
 def main_rows(summary: pd.DataFrame, methods: Methods) -> pd.DataFrame:
-    """Each method at the granularity the paper's main table reports it with, and the base model."""
-    return summary[[methods.in_main_table(m, g) for m, g in zip(summary["method"], summary["granularity"])]]
+    """The base model, each method at the granularity of its main-table row, and the paper's main-table rows."""
+    keep = [m == "base" or methods.in_main_table(m, g) or t == "main"
+            for m, g, t in zip(summary["method"], summary["granularity"], summary["paper_table"])]
+    return summary[keep]
 
 
-def ablation_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """Every method at every granularity; none unless some run is at a granularity between token and sequence."""
-    trained = summary[summary["method"] != "base"]
-    return trained if set(trained["granularity"]) - {"token", "sequence"} else trained.iloc[:0]
+def ablation_rows(summary: pd.DataFrame, methods: Methods) -> pd.DataFrame:
+    """Every other granularity of a method (ours and the paper's ablation rows) on the models and test sets where
+    we ran one; none when we ran none. The paper's rows come first, in its order; ours after them."""
+    main = main_rows(summary, methods)
+    rest = summary.drop(index=main.index)
+    ours = rest[rest["accuracy"].notna()]
+    if ours.empty:
+        return rest.iloc[:0]
+    rest = rest.merge(ours[["model", "dataset"]].drop_duplicates(), on=["model", "dataset"])
+    in_paper = rest.groupby(["method", "granularity"])["paper_rank"].transform("min")
+    rest = rest.assign(_paper=in_paper.fillna(np.inf))
+    return rest.sort_values("_paper", kind="stable").drop(columns="_paper")
 
 
-def _cell(row: pd.Series) -> str:
-    if pd.isna(row["accuracy"]):
-        return MISSING
-    if row["seeds"] < 2 or pd.isna(row["ci_low"]):
-        return f"{row['accuracy']:.1f}"
-    return f"{row['accuracy']:.1f} ± {(row['ci_high'] - row['ci_low']) / 2:.1f} (n={int(row['seeds'])})"
+@dataclass
+class Layout:
+    display: pd.DataFrame  # strings, as the Markdown and LaTeX tables show them
+    numeric: pd.DataFrame  # the same rows and columns, numbers unrounded (the CSV)
+    note: str  # what the cells are, with n stated once
 
 
-def wide_table(summary: pd.DataFrame, methods: Methods, group_by: Sequence[str], with_granularity: bool,
-               show_paper: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(display table with strings, numeric table for CSV) in the paper's layout: a row per model x method (x
-    granularity), per dataset our mean ± CI and the paper's number."""
-    datasets = _ordered(summary["dataset"], DATASET_ORDER)
-    has_paper = {ds: summary.loc[summary["dataset"] == ds, "paper"].notna().any() for ds in datasets}
-    keys = ["model", *group_by, "method", "granularity"]
+def paper_layout(cells: pd.DataFrame, methods: Methods, group_by: Sequence[str], *, with_granularity: bool,
+                 confidence: float) -> Layout:
+    """Methods as rows, model x test set as columns ("Llama-3-8B / GSM8K"). Where the paper has numbers in the
+    table, each of our rows is followed by the paper's row and ours minus the paper's."""
+    columns = _columns(cells)
+    has_paper = bool(cells["paper"].notna().any())
+    n_common = _common_seeds(cells)
+    keys = [*group_by, "method", "granularity"]
     display_rows, numeric_rows = [], []
-    for key, block in summary.groupby(keys, sort=False):
+    for key, block in cells.groupby(keys, sort=False, dropna=False):
         values = dict(zip(keys, key))
-        method, granularity = values["method"], values["granularity"]
-        label = {"Model": values["model"], **{k: values[k] for k in group_by},
-                 "Method": methods[method].label if with_granularity else methods.variant_label(method, granularity)}
+        label = {k: values[k] for k in group_by}
+        label["Method"] = (methods[values["method"]].label if with_granularity
+                           else methods.variant_label(values["method"], values["granularity"]))
         if with_granularity:
-            label["Granularity"] = granularity
-        display, numeric = dict(label), dict(label)
-        for ds in datasets:
-            hit = block[block["dataset"] == ds]
-            row = hit.iloc[0] if len(hit) else None
-            display[ds] = _cell(row) if row is not None else MISSING
-            for col in ("accuracy", "ci_low", "ci_high", "seeds"):
-                numeric[f"{ds} {col}"] = row[col] if row is not None else None
-            if show_paper and has_paper[ds]:
-                paper_value = row["paper"] if row is not None else None
-                display[f"{ds} (paper)"] = f"{paper_value:.2f}" if paper_value is not None and not pd.isna(
-                    paper_value) else MISSING
-                numeric[f"{ds} paper"] = paper_value
-        display_rows.append(display)
-        numeric_rows.append(numeric)
-    return pd.DataFrame(display_rows), pd.DataFrame(numeric_rows)
+            label["Granularity"] = values["granularity"]
+        by_column = {(r.model, r.dataset): r for r in block.itertuples()}
+        in_paper, ran = block["paper"].notna().any(), block["accuracy"].notna().any()
+        # A variant of the paper's that we did not run keeps its place as the paper's row alone.
+        kinds = ([OURS, PAPER, DIFF] if ran else [PAPER]) if in_paper else [OURS_ONLY if has_paper else OURS]
+        for kind in kinds:
+            shown, numbers = dict(label), dict(label)
+            if has_paper:
+                shown["Row"] = numbers["Row"] = kind
+            for model, dataset in columns:
+                name = f"{model}{COLUMN_SEP}{dataset}"
+                shown[name], numbers[name] = _cell(by_column.get((model, dataset)), kind, n_common)
+            display_rows.append(shown)
+            numeric_rows.append(numbers)
+    return Layout(pd.DataFrame(display_rows), pd.DataFrame(numeric_rows),
+                  _note(cells, confidence, n_common, has_paper))
+
+
+def _columns(cells: pd.DataFrame) -> list[tuple[str, str]]:
+    """(model, dataset) pairs with a number of ours: models in the paper's order, then GSM8K, MATH-500, MATH-5000."""
+    ours = cells[cells["accuracy"].notna()]
+    models = list(dict.fromkeys(ours["model"]))  # summary order: the paper's models first
+    return [(m, d) for m in models for d in _ordered(ours.loc[ours["model"] == m, "dataset"], DATASET_ORDER)]
+
+
+def _common_seeds(cells: pd.DataFrame) -> int | None:
+    """The number of seeds most cells with an interval have: stated once in the note, marked only where different."""
+    counts = Counter(int(s) for s in cells["seeds"] if s >= 2)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _cell(row, kind: str, n_common: int | None) -> tuple[str, float | None]:
+    """(text, number) of one cell of a row of this kind."""
+    if row is None:
+        return MISSING, None
+    if kind == PAPER:
+        return (MISSING, None) if pd.isna(row.paper) else (f"{row.paper:.2f}", row.paper)
+    if kind == DIFF:
+        return (MISSING, None) if pd.isna(row.diff) else (f"{row.diff:+.1f}".replace("-", "−"), row.diff)
+    if pd.isna(row.accuracy):
+        return MISSING, None
+    text = f"{row.accuracy:.1f}"
+    if row.seeds >= 2 and not pd.isna(row.ci_low):
+        text += f" ± {(row.ci_high - row.ci_low) / 2:.1f}"
+        if row.seeds != n_common:
+            text += f" (n={int(row.seeds)})"
+    return text, row.accuracy
+
+
+def _note(cells: pd.DataFrame, confidence: float, n_common: int | None, has_paper: bool) -> str:
+    pct = round(100 * confidence)
+    ours = cells[cells["accuracy"].notna()]
+    if n_common is None:
+        parts = ["Accuracy (%), one run per cell."]
+    else:
+        marked = ((ours["seeds"] >= 2) & (ours["seeds"] != n_common)).any()
+        parts = [f"Accuracy (%): mean ± half-width of the {pct}% Student-t interval over n = {n_common} seeds"
+                 + ("; (n=k): a cell over k seeds" if marked else "") + "; a value without ±: one run."]
+    if has_paper:
+        parts.append("paper: the paper's number (its MATH is MATH-500); ours − paper in points; a test set we ran "
+                     "only in part, or the full MATH-5000, is never compared.")
+    return " ".join(parts)
 
 
 def comparisons(runs: Sequence[EvalRun], methods: Methods, confidence: float, n_resamples: int,
