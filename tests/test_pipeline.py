@@ -226,6 +226,9 @@ def test_killed_chain_resumes_to_the_same_outputs(tmp_path):
                         ("sample", r"sampling n=16 \| item 32/32 100% .* \| sample_accuracy [\d.]+"),
                         ("train \[adpo-token-s0\]", r"train adpo token \| step (\d+)/\1 100% .* \| loss [\d.]+")]:
         assert re.search(rf"^\[pipeline\] +\d+/\d+ {stage} +{line}", first, re.M), (stage, first)
+    # ... and each stage's result when it ends, the base model's verdict among them.
+    assert re.search(r"pairs +ran in [\d.]+ s: \d+ pairs; base model usable for pairs: \d+% of 32 questions", first)
+    assert re.search(r"eval \[adpo-token-s0\] +ran in [\d.]+ s: accuracy [\d.]+% on 24 problems", first)
     reference = outputs(root)
     assert any(k.startswith("train/") for k in reference) and "results/main.csv" in reference
     check_wandb_runs(root)

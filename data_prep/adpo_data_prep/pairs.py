@@ -19,6 +19,7 @@ from adpo.data.records import Problem
 from adpo.data.tokenize import within_length_limits
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
 from adpo.manifest import identity, is_complete, read_manifest, write_manifest
+from adpo.stage_results import pairability
 from adpo.tracking import log_stage_summary
 from adpo_data_prep.pairing import PairChoice, build_pairs, read_samples, sample_files
 
@@ -167,8 +168,8 @@ def run(cfg: DictConfig) -> Path:
                                                   "pairing": OmegaConf.to_container(pairing, resolve=True)})
     print(f"pairs: {len(rows)} pairs from {stats.questions} questions -> {output_dir / 'pairs.jsonl'}")
     print(format_table(summary), flush=True)
-    if summary["questions"] and summary["questions_with_both"] == 0:
-        log.warning("no question has both a correct and a wrong answer: check the temperature and the grader")
+    usable, verdict = pairability(summary)
+    (log.info if usable else log.warning)("pairs: %s", verdict)
     write_manifest(output_dir, "pairs", cfg, inputs, key=identity(cfg, "pairs"),
                    outputs={"pairs": "pairs.jsonl", "stats": "stats.json", "num_pairs": len(rows),
                             "stats_summary": json.loads(json.dumps(summary))})

@@ -35,6 +35,7 @@ from adpo.progress import LogFollower
 from adpo.registry import stage as registered
 from adpo.registry import stage_names
 from adpo.run_dirs import PlannedJob, output_dir_of, plan_output_dirs, refuse_shared_output_dirs
+from adpo.stage_results import result_line
 from adpo.tracking import BASE_RUN
 
 log = logging.getLogger(__name__)
@@ -260,10 +261,21 @@ class Runner:
                     sys.stdout.flush()
                 return code
 
+    @staticmethod
+    def _result(step: Step) -> str:
+        """': <the stage's key result>' from its manifest (adpo.stage_results), or ''."""
+        if step.config is None or step.config.get("output_dir") is None:
+            return ""
+        try:
+            line = result_line(step.stage, (read_manifest(step.config.output_dir) or {}).get("outputs") or {})
+        except (KeyError, TypeError, ValueError):  # an older manifest without a figure: no line, not a failure
+            return ""
+        return f": {line}" if line else ""
+
     def run_step(self, index: int, total: int, step: Step) -> str:
         head = f"[pipeline] {index:>2}/{total} {step.name:<40}"
         if is_finished(step):
-            print(f"{head} skipped (finished)", flush=True)
+            print(f"{head} skipped (finished){self._result(step)}", flush=True)
             return "skipped"
         p = self.cfg.pipeline
         env = {**os.environ, **{str(k): str(v) for k, v in (p.env or {}).items()}}
@@ -294,7 +306,7 @@ class Runner:
                               f"log: {log_path}")
         after = (read_manifest(step.config.output_dir) or {}).get("finished_at") if step.config else None
         note = " (the stage found its work finished)" if before is not None and before == after else ""
-        print(f"{head} ran in {seconds:.1f} s{note}", flush=True)
+        print(f"{head} ran in {seconds:.1f} s{note}{self._result(step)}", flush=True)
         return "ran"
 
 
