@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adpo.config import compose
+from adpo.config import compose, to_container
 from adpo.io import atomic_write_json, atomic_write_jsonl
 from adpo.manifest import write_manifest
 from adpo_eval import aggregate
@@ -161,6 +161,8 @@ def test_full_math_and_parts_of_test_sets_are_labelled_and_never_compared(study)
     assert set(summary["dataset"]) == {"GSM8K", "MATH-500", "MATH-5000", "GSM8K (first 100 of 1319)",
                                        "MATH-5000 (first 500 of 5000)"}
     assert summary.query("dataset == 'MATH-500' and method == 'dpo'")["paper"].tolist() == [18.0]
+    assert summary.query("dataset == 'MATH-500' and method == 'dpo'")["ours - paper"].tolist() == [pytest.approx(2.0)]
+    assert summary.query("dataset == 'MATH-5000'")["ours - paper"].isna().all()
 
 
 def test_test_sets_are_named_from_the_data_config_and_the_number_of_problems():
@@ -177,6 +179,19 @@ def test_test_sets_are_named_from_the_data_config_and_the_number_of_problems():
     assert label(GSM8K, 7473, split="train") == "GSM8K (train split, 7473 problems)"
     assert label(TOY, 1000) == "toy"
     assert label({**GSM8K, "paper_name": "GSM-Hard"}, 10) == "GSM-Hard"
+
+
+@pytest.mark.parametrize("overrides, label", [
+    (["data=gsm8k"], "GSM8K"), (["data=gsm8k_local"], "GSM8K"), (["data=math500"], "MATH-500"),
+    (["data=math500_local"], "MATH-500"), (["data=math"], "MATH-5000"),
+    (["data=math", "eval.limit=500"], "MATH-5000 (first 500 of 5000)"), (["data=gsm8k", "data.limit=64"],
+                                                                        "GSM8K (first 64 of 1319)")])
+def test_the_data_configs_name_their_test_sets(overrides, label):
+    """As a run's manifest records them (the eval stage's resolved config), with as many problems as it evaluated."""
+    cfg = to_container(compose("eval", overrides))
+    problems = {"GSM8K": 1319, "MATH-500": 500, "MATH-5000": 5000}[label.split(" ")[0]]
+    problems = min([problems, *(int(o.split("=")[1]) for o in overrides if "limit" in o)])
+    assert dataset_label(cfg, problems) == label
 
 
 @needs_paper

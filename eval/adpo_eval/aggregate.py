@@ -135,7 +135,8 @@ def _write_results(out: Path, runs: Sequence[EvalRun], group_by: Sequence[str], 
         sections += ["", "Accuracy against granularity, ours and the paper's: granularity.png"]
         written["plot"] = "granularity.png"
     ours = summary[summary["accuracy"].notna()]  # the paper-only rows are the tables' shape, not results
-    atomic_write_text(out / "summary.csv", ours.to_csv(index=False))
+    ours = ours[[c for c in ours.columns if c not in ("paper_table", "paper_rank", "runs")] + ["runs"]]
+    atomic_write_text(out / "summary.csv", ours.rename(columns={"diff": "ours - paper"}).to_csv(index=False))
     atomic_write_text(out / "runs.csv", runs_table(runs).to_csv(index=False))
     return sections, written, tables
 
