@@ -221,7 +221,7 @@ Examples:
   adpo-sweep sample +sweep=paper_data              # vLLM sampling, one SLURM job per (model, dataset)
   adpo-sweep train sweep=granularity model=llama3_8b seed=0          # narrow a sweep from the command line
   adpo-sweep eval +sweep=paper_main hydra.launcher.partition=gpu hydra.launcher.timeout_min=240
-  adpo-sweep train +sweep=paper_main hydra/launcher=local --dry-run  # local processes instead of SLURM"""
+  adpo-sweep train +sweep=granularity hydra.launcher.nodes=2 --dry-run   # 2 nodes of 8 GPUs per training job"""
 
 
 def sweep_help(usage: str, stages: Sequence[str], default_launchers: dict[str, str]) -> str:
