@@ -330,6 +330,29 @@ def test_learning_rate_sweep_splits_rows_automatically(tmp_path):
     assert sorted(comp["train.lr"]) == ["2e-05", "5e-06"] and set(comp["B"]) == {"Base"}
 
 
+@needs_paper
+def test_a_sweep_on_the_papers_models_repeats_the_papers_rows_in_each_group(tmp_path):
+    rng = np.random.default_rng(6)
+    make_eval_dir(tmp_path, "cdpo", "sequence", 0, exactly(1000, 1319, rng), model="gemma3_12b",
+                  paper_model="Gemma-3-12B", lr=1e-5)
+    for lr in (4e-5, 1e-5):
+        make_eval_dir(tmp_path, "dpo", "sequence", 0, exactly(850, 1319, rng), lr=lr)
+    out = aggregate.run(agg_cfg(tmp_path))
+    assert out["group_by"] == ["train.lr"]
+    main = pd.read_csv(tmp_path / "results" / "main.csv", dtype={"train.lr": str})
+    # Models in the paper's order whatever order the runs came in; rows by learning rate, then the paper's methods.
+    assert list(main.columns) == ["train.lr", "Method", "Row", "Llama-3-8B / GSM8K", "Gemma-3-12B / GSM8K"]
+    in_group = [("DPO", "ours"), ("DPO", "paper"), ("DPO", "ours − paper"), ("ADPO", "paper"),
+                ("cDPO", "ours"), ("cDPO", "paper"), ("cDPO", "ours − paper"), ("cADPO", "paper")]
+    assert rows_of(main, "train.lr", "Method", "Row") == [("1e-05", *r) for r in in_group] + [
+        ("4e-05", *r) for r in in_group if r[0] != "cDPO" or r[1] == "paper"]
+    table = main.set_index(["train.lr", "Method", "Row"])
+    assert table.loc[("1e-05", "cDPO", "ours − paper"), "Gemma-3-12B / GSM8K"] == pytest.approx(
+        100 * 1000 / 1319 - 77.18)
+    assert table.loc[("4e-05", "DPO", "ours − paper"), "Llama-3-8B / GSM8K"] == pytest.approx(
+        100 * 850 / 1319 - 64.37)
+
+
 def test_display_keys_come_from_the_manifest_then_the_method_config_then_the_name(tmp_path):
     rng = np.random.default_rng(4)
     for seed in range(3):  # runs from before the configs had display keys beside runs that record them

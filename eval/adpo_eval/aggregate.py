@@ -118,7 +118,7 @@ def _write_results(out: Path, runs: Sequence[EvalRun], group_by: Sequence[str], 
         if cells.empty:
             continue
         layout = paper_layout(cells, methods, group_by, with_granularity=with_granularity, confidence=confidence)
-        write_table(out, name, layout.display, layout.numeric, f"{title}: accuracy (%).", layout.note)
+        write_table(out, name, layout.display, layout.numeric, f"{title}.", layout.note)
         sections += ["", f"## {title}", "", to_markdown(layout.display), layout.note]
         written[name] = f"{name}.md"
         tables[name] = layout.display

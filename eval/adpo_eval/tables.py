@@ -109,16 +109,24 @@ def main_rows(summary: pd.DataFrame, methods: Methods) -> pd.DataFrame:
 
 def ablation_rows(summary: pd.DataFrame, methods: Methods) -> pd.DataFrame:
     """Every other granularity of a method (ours and the paper's ablation rows) on the models and test sets where
-    we ran one; none when we ran none. The paper's rows come first, in its order; ours after them."""
+    we ran one; none when we ran none."""
     main = main_rows(summary, methods)
     rest = summary.drop(index=main.index)
     ours = rest[rest["accuracy"].notna()]
     if ours.empty:
         return rest.iloc[:0]
-    rest = rest.merge(ours[["model", "dataset"]].drop_duplicates(), on=["model", "dataset"])
-    in_paper = rest.groupby(["method", "granularity"])["paper_rank"].transform("min")
-    rest = rest.assign(_paper=in_paper.fillna(np.inf))
-    return rest.sort_values("_paper", kind="stable").drop(columns="_paper")
+    return rest.merge(ours[["model", "dataset"]].drop_duplicates(), on=["model", "dataset"])
+
+
+def _row_order(cells: pd.DataFrame, methods: Methods, group_by: Sequence[str], paper_first: bool) -> pd.DataFrame:
+    """cells in the order their rows are shown: by group, then (the ablation) the paper's rows in the paper's order
+    before ours, then by method and granularity. Models and test sets are columns: they do not order rows."""
+    paper_rank = cells.groupby(["method", "granularity"], dropna=False)["paper_rank"].transform("min")
+    keys = [(tuple(_value_rank(str(row[k])) for k in group_by),
+             paper_rank.iloc[i] if paper_first and not pd.isna(paper_rank.iloc[i]) else np.inf,
+             methods[row["method"]].rank, granularity_rank(row["granularity"]))
+            for i, (_, row) in enumerate(cells.iterrows())]
+    return cells.iloc[sorted(range(len(cells)), key=keys.__getitem__)]
 
 
 @dataclass
@@ -132,6 +140,7 @@ def paper_layout(cells: pd.DataFrame, methods: Methods, group_by: Sequence[str],
                  confidence: float) -> Layout:
     """Methods as rows, model x test set as columns ("Llama-3-8B / GSM8K"). Where the paper has numbers in the
     table, each of our rows is followed by the paper's row and ours minus the paper's."""
+    cells = _row_order(cells, methods, group_by, paper_first=with_granularity)
     columns = _columns(cells)
     has_paper = bool(cells["paper"].notna().any())
     n_common = _common_seeds(cells)
@@ -164,7 +173,7 @@ def paper_layout(cells: pd.DataFrame, methods: Methods, group_by: Sequence[str],
 def _columns(cells: pd.DataFrame) -> list[tuple[str, str]]:
     """(model, dataset) pairs with a number of ours: models in the paper's order, then GSM8K, MATH-500, MATH-5000."""
     ours = cells[cells["accuracy"].notna()]
-    models = list(dict.fromkeys(ours["model"]))  # summary order: the paper's models first
+    models = _ordered(ours["model"], PAPER_MODEL_ORDER)
     return [(m, d) for m in models for d in _ordered(ours.loc[ours["model"] == m, "dataset"], DATASET_ORDER)]
 
 
