@@ -302,9 +302,9 @@ def test_unfinished_runs_are_skipped_and_named(study):
 def test_no_finished_runs_is_an_error_naming_the_directory_searched(tmp_path):
     empty = tmp_path / "nothing"
     proc = subprocess.run([sys.executable, "-m", "adpo_eval.aggregate", f"paths.root={empty}", "progress=false",
-                           "wandb=disabled"], capture_output=True, text=True, timeout=300)
+                           "wandb=disabled"], check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert f"no finished eval runs" in proc.stderr and f"{empty}/eval (does not exist)" in proc.stderr
+    assert "no finished eval runs" in proc.stderr and f"{empty}/eval (does not exist)" in proc.stderr
     assert not (empty / "results" / "main.md").exists()
     # Unfinished runs only: still an error, and it says what was found.
     running = make_eval_dir(tmp_path, "dpo", "sequence", 0, np.ones(10), status="running")
@@ -415,7 +415,7 @@ def test_rerun_skips_until_a_new_run_finishes(study, capsys):
 def test_command_line_entry_point(study):
     proc = subprocess.run([sys.executable, "-m", "adpo_eval.aggregate", f"paths.root={study}", "progress=false",
                            "wandb=disabled", "aggregate.bootstrap_resamples=200"],
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "## Main table" in proc.stdout and "ADPO" in proc.stdout
     manifest = json.loads((study / "results" / "manifest.json").read_text())
