@@ -165,6 +165,27 @@ def test_merged_on_request_equals_the_adapter_applied(adapter_run, merged_run, w
     assert "lora" not in card.data.tags
 
 
+def test_zero3_on_two_ranks_gathers_only_the_adapter_of_the_same_policy(work, merged_run, tmp_path):
+    """Under ZeRO-3 the adapter's parameters are gathered from their partitions (never the frozen base): the
+    adapter of a 2-rank run is the policy the 1-process run merged."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adpo.models import load_tokenizer
+
+    root, base = work
+    out = tmp_path / "zero3"
+    run_train(train_overrides(root, base, root / "pairs", out, *LORA, "deepspeed=zero3",
+                              "train.gradient_accumulation_steps=1"), nproc=2)
+    assert not {p.name for p in (out / "model").iterdir()} & {*FULL_WEIGHTS, "config.json"}
+    tokenizer = load_tokenizer(out / "model")
+    tokenizer.padding_side = "left"
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "model").eval()
+    torch.testing.assert_close(logits(with_adapter, tokenizer),
+                               logits(AutoModelForCausalLM.from_pretrained(merged_run / "model").eval(), tokenizer),
+                               atol=1e-4, rtol=1e-4)
+
+
 def test_merge_command_turns_a_finished_adapter_into_merged_weights(adapter_run, merged_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
