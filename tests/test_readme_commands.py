@@ -1,7 +1,7 @@
 """Every command line the README shows works as shown, as far as composing its config: a README command that does not
 compose fails here, named by its README line.
 
-Which lines: every command in a fenced code block, every line of an indented block that starts like a command
+Which lines: every command in a fenced ```bash block, every line of an indented block that starts like a command
 (`adpo-`, `python`, `.venv/bin/`, `sbatch`, `slurm/`, `bash`, `deepspeed`), and every inline `adpo-<app> KEY=VALUE`
 span of the prose. How each is checked, without running anything heavy (tests/test_pipeline.py and
 tests/test_rehearsal.py run the chains):
@@ -56,7 +56,7 @@ COMMAND_START = re.compile(r"^(adpo-|python|\.venv/bin/|sbatch |slurm/|bash |dee
 
 APP_MODULES = {**{s.script: s.module for s in STAGES}, **{f"adpo-{n}": m for n, m in TOOLS.items()}}
 STAGE_MODULES = {s.module: s.name for s in STAGES} | {"adpo.pipeline": "pipeline"}
-CFG_FLAGS = ("--cfg", "-c", "job", "--resolve")
+CFG_FLAGS = ("--cfg", "-c", "job", "--resolve", "--help", "-h", "--hydra-help")  # replaced by --cfg job --resolve
 
 
 @dataclass
@@ -87,12 +87,13 @@ def readme_command_lines(text: str) -> list[tuple[int, str]]:
     """(line number, command) for every command of the README: fenced blocks, indented lines, inline spans."""
     found: list[tuple[int, str]] = []
     fence: list[tuple[int, str]] | None = None
+    shell = False  # a ```bash (sh, shell or plain) block holds commands; ```text or ```yaml do not
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip().startswith("```"):
             if fence is None:
-                fence = []
+                fence, shell = [], line.strip()[3:].strip() in ("", "bash", "sh", "shell")
             else:
-                found += _commands_in_block(fence, fenced=True)
+                found += _commands_in_block(fence, fenced=True) if shell else []
                 fence = None
         elif fence is not None:
             fence.append((number, line))
@@ -101,6 +102,13 @@ def readme_command_lines(text: str) -> list[tuple[int, str]]:
         else:
             found += [(number, span) for span in re.findall(r"`(adpo-[a-z]+ [^`]*=[^`]*)`", line)]
     return found
+
+
+def brace_expanded(text: str) -> list[str]:
+    """Words that bash would split by brace expansion ({a,b} or {1..3} outside quotes), e.g. an unquoted
+    pipeline.sweep={seed:[0,1]} becomes `pipeline.sweep=seed:[0` and `pipeline.sweep=1]`."""
+    words = text.split(" #", 1)[0].split()
+    return [w for w in words if w[:1] not in "'\"" and re.search(r"\{[^}'\"]*(,|\.\.)[^}'\"]*\}", w)]
 
 
 def _substitute(text: str) -> str:
@@ -159,6 +167,8 @@ def classify(line: int, text: str) -> list[Command]:
         words = " ".join([program, *argv[1:]])
         if "<" in words and ">" in words:
             cmd.problem = "a placeholder without a substitution (add one to SUBSTITUTIONS)"
+        elif expanded := brace_expanded(text):
+            cmd.problem = f"bash's brace expansion splits {expanded}: quote it ('...')"
         elif program == "adpo-sweep" or words.startswith("python -m adpo.sweep "):
             rest = argv[1:] if program == "adpo-sweep" else argv[3:]
             cmd.checks.append(_sweep_check(rest[0], rest[1:]))
@@ -273,8 +283,9 @@ def test_readme_hydra_command_composes(command: Command, results):
 
 
 def test_a_command_that_does_not_compose_fails_naming_its_readme_line(tmp_path):
-    """The test's own check, on a README of four commands: the group and sweep forms of issue 14 compose (they did
-    not: `sweep=` needed `+`, and pipeline.sweep={...} met a struct {}), a misspelt option and key do not."""
+    """The test's own check, on a README of five commands: the group and sweep forms of issue 14 compose (they did
+    not: `sweep=` needed `+`, and pipeline.sweep={...} met a struct {}); a misspelt option and key do not, and
+    neither does a mapping bash would split (unquoted braces with a comma)."""
     readme = textwrap.dedent("""\
         # Title
 
@@ -282,17 +293,19 @@ def test_a_command_that_does_not_compose_fails_naming_its_readme_line(tmp_path):
         adpo-train sweep=paper_main model=llama3_8b       # the + is optional
         adpo-pipeline experiment=quickstart 'pipeline.sweep={seed:[0,1]}'
         adpo-train method=nope
+        adpo-pipeline experiment=quickstart pipeline.sweep={seed:[0,1]}
         ```
 
         Prose with `adpo-pipeline experiment=quickstart pipeline.nope=1` inline.
         """)
     commands = [c for number, text in readme_command_lines(readme) for c in classify(number, text)]
-    assert [c.line for c in commands] == [4, 5, 6, 9]
+    assert [c.line for c in commands] == [4, 5, 6, 7, 10]
     results = run_checks(commands, tmp_path)
-    assert [bool(failures(c, results)) for c in commands] == [False, False, True, True]
+    assert [bool(failures(c, results)) for c in commands] == [False, False, True, True, True]
     assert failures(commands[2], results)[0].startswith("README.md line 6: `adpo-train method=nope` does not compose")
     assert "Could not find 'method/nope'" in failures(commands[2], results)[0]
-    assert "README.md line 9" in failures(commands[3], results)[0]
+    assert "brace expansion splits ['pipeline.sweep={seed:[0,1]}']" in failures(commands[3], results)[0]
+    assert "README.md line 10" in failures(commands[4], results)[0]
 
 
 @pytest.mark.parametrize("command", OTHER_COMMANDS, ids=lambda c: f"{c.id} {c.text[:60]}")
