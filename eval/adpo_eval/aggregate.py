@@ -132,7 +132,7 @@ def _write_results(out: Path, runs: Sequence[EvalRun], group_by: Sequence[str], 
         written["comparisons"] = "comparisons.md"
         tables["comparisons"] = shown
     if agg.plot and plot_granularity(summary, methods, group_by, out / "granularity.png"):
-        sections += ["", "Accuracy against granularity, ours and the paper's: granularity.png"]
+        sections += ["", "Accuracy against granularity (the paper's beside ours where it has numbers): granularity.png"]
         written["plot"] = "granularity.png"
     ours = summary[summary["accuracy"].notna()]  # the paper-only rows are the tables' shape, not results
     ours = ours[[c for c in ours.columns if c not in ("paper_table", "paper_rank", "runs")] + ["runs"]]
