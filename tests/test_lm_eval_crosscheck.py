@@ -60,21 +60,27 @@ needs_lm_eval = pytest.mark.skipif(
 @pytest.mark.slow
 def test_same_prompts_and_generations_as_lm_eval(tiny_model_dir, tmp_path):
     """The command line on a random tiny model: identical prompts (zero- and few-shot) and greedy generations, every
-    difference in correctness explained, the tables written."""
+    difference in correctness explained, the tables written; gsm8k_cot's own layout gives other prompts."""
     from adpo_data_prep.toy.task import make_problems
     from adpo_eval.lm_eval_crosscheck import main
 
     from adpo.data.records import write_problems
 
     data = write_problems(tmp_path / "test.jsonl", make_problems(4, seed=0, split="test"))
+    import torch
+
     out = tmp_path / "out"
     lines: list[str] = []
+    threads = torch.get_num_threads()
     summaries = main(["--model-dir", str(tiny_model_dir), "--data", str(data), "--prompts", "zero_shot",
-                      "few_shot:1@2", "--max-new-tokens", "16", "--batch-size", "4", "--replay-gsm8k", "",
+                      "few_shot:1@2", "zero_shot/stock@2", "--max-new-tokens", "16", "--batch-size", "4", "--replay-gsm8k", "",
                       "--out", str(out)], echo=lines.append)
-    assert [s["problems"] for s in summaries] == [4, 2]
-    for s in summaries:
+    assert torch.get_num_threads() == threads  # generated with 1 thread, then restored for the tests that follow
+    assert [s["problems"] for s in summaries] == [4, 2, 2]
+    for s in summaries[:2]:
         assert s["prompts_identical"] == s["generations_identical"] == s["problems"], s
+    # lm-eval in gsm8k_cot's own layout ("Q: ...\nA:") is another prompt
+    assert summaries[2]["prompts_identical"] == 0
     with (out / "generate_zero_shot.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4

@@ -84,8 +84,9 @@ def lm_eval_filters() -> list[dict[str, Any]]:
 
 
 def write_task(task_dir: Path, problems: Sequence[Problem], *, prompt_style: str, num_shots: int | None,
-               max_gen_toks: int, stop: Sequence[str]) -> Path:
-    """A local-file lm-eval task in the gsm8k_cot style that renders exactly our plain prompts.
+               max_gen_toks: int, stop: Sequence[str], layout: str = "ours") -> Path:
+    """A local-file lm-eval task in the gsm8k_cot style that renders exactly our plain prompts (layout "ours"), or
+    gsm8k_cot's own layout and stop strings (layout "stock") with the same exemplars.
 
     Our prompt is "Question: {q}\\nAnswer: " preceded (few-shot) by exemplars "Question: ...\\nAnswer: ...\\n\\n".
     lm-eval builds "<doc_to_text(shot)><target_delimiter><target><fewshot_delimiter>" per shot, then
@@ -108,14 +109,15 @@ def write_task(task_dir: Path, problems: Sequence[Problem], *, prompt_style: str
         "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(task_dir / "hf_cache")},
         "test_split": "test",
         "output_type": "generate_until",
-        "doc_to_text": "Question: {{question}}\nAnswer: ",
+        "doc_to_text": "Question: {{question}}\nAnswer: " if layout == "ours" else cot["doc_to_text"],
         "doc_to_target": "{{answer if answer is defined else target}}",
-        "target_delimiter": "",
+        "target_delimiter": "" if layout == "ours" else " ",
         "fewshot_delimiter": "\n\n",
         "num_fewshot": n_shots,
         "fewshot_config": {"sampler": "first_n",
                            "samples": [{"question": q, "target": a} for q, a in shots]},
-        "generation_kwargs": {"until": list(stop), "do_sample": False, "temperature": 0.0,
+        "generation_kwargs": {"until": list(stop) if layout == "ours" else cot["generation_kwargs"]["until"],
+                              "do_sample": False, "temperature": 0.0,
                               "max_gen_toks": int(max_gen_toks)},
         "filter_list": lm_eval_filters(),
         "metric_list": cot["metric_list"],
@@ -262,8 +264,10 @@ def summarize(rows: Sequence[Row], label: str) -> dict[str, Any]:
 
 
 def generate_both(model_dir: str | Path, problems: Sequence[Problem], *, prompt_style: str, num_shots: int | None,
-                  max_new_tokens: int, batch_size: int, lm_batch_size: int, work: Path) -> tuple[list[Row], dict]:
-    """Our eval path and lm-eval's HFLM on the same problems; rows and timings."""
+                  max_new_tokens: int, batch_size: int, lm_batch_size: int, work: Path,
+                  layout: str = "ours") -> tuple[list[Row], dict]:
+    """Our eval path and lm-eval's HFLM on the same problems; rows and timings. layout "stock": lm-eval prompts in
+    gsm8k_cot's own layout ("Q: ...\nA:", stop at "Q:"), to measure what the prompt format alone changes."""
     from adpo.generation.graded import GradedGeneration
 
     stop = stop_sequences("gsm8k")
@@ -280,7 +284,7 @@ def generate_both(model_dir: str | Path, problems: Sequence[Problem], *, prompt_
     prompts = {g.problem.id: g.prompt for g in graded}
     task_dir = work / "generate"
     write_task(task_dir, problems, prompt_style=prompt_style, num_shots=num_shots, max_gen_toks=max_new_tokens,
-               stop=stop)
+               stop=stop, layout=layout)
     start = time.perf_counter()
     lm = run_lm_eval(task_dir, _hf_model(model_dir, lm_batch_size))
     timings["lm_eval_s"] = round(time.perf_counter() - start, 1)
@@ -362,7 +366,7 @@ def prediction_texts(path: Path) -> tuple[list[Problem], dict[str, str]]:
 # ------------------------------------------------------------------------------------------------ reporting
 
 CSV_FIELDS = ["id", "tag", "gold", "ours", "ours_correct", *(f"{n}{s}" for n in FILTERS for s in ("", "_correct", "_why")),
-              "prompt_identical", "generation_identical", "output"]
+              "prompt_identical", "generation_identical", "output", "lm_output"]
 
 
 def write_rows(path: Path, rows: Sequence[Row]) -> None:
@@ -374,7 +378,7 @@ def write_rows(path: Path, rows: Sequence[Row]) -> None:
             rec = {"id": r.id, "tag": r.tag, "gold": r.gold, "ours": r.ours, "ours_correct": int(r.ours_correct),
                    "prompt_identical": "" if r.prompt_identical is None else int(r.prompt_identical),
                    "generation_identical": "" if r.generation_identical is None else int(r.generation_identical),
-                   "output": r.output}
+                   "output": r.output, "lm_output": "" if r.lm_output == r.output else r.lm_output}
             for n in FILTERS:
                 rec[n], ok = r.lm[n]
                 rec[f"{n}_correct"], rec[f"{n}_why"] = int(ok), r.why[n]
@@ -439,11 +443,12 @@ def main(argv: Sequence[str] | None = None, *, echo: Callable[[str], None] = pri
     ap.add_argument("--data", default=str(DEFAULT_DATA),
                     help="problems: a prepare-stage test.jsonl (Problem records; default: the quickstart's toy test)")
     ap.add_argument("--limit", type=int, default=100, help="first N problems (default 100; 0 = all)")
-    ap.add_argument("--prompts", nargs="+", default=["zero_shot", "few_shot:2@20"],
-                    help="prompt styles to generate with, each STYLE[:K][@N]: zero_shot (the toy model's training "
-                         "prompt, the quickstart's eval) or few_shot (K exemplars; the toy model's 1024 positions "
-                         "hold 4 of the 8), on the first N problems (default: --limit); default: zero_shot "
-                         "few_shot:2@20")
+    ap.add_argument("--prompts", nargs="+", default=["zero_shot", "zero_shot/stock", "few_shot:2@20"],
+                    help="prompt styles to generate with, each STYLE[:K][/stock][@N]: zero_shot (the toy model's "
+                         "training prompt, the quickstart's eval) or few_shot (K exemplars; the toy model's 1024 "
+                         "positions hold 4 of the 8); /stock: lm-eval in gsm8k_cot's own layout ('Q: ...\\nA:', "
+                         "stop at 'Q:') instead of ours; on the first N problems (default: --limit); default: zero_shot "
+                         "zero_shot/stock few_shot:2@20")
     ap.add_argument("--max-new-tokens", type=int, default=96, help="the quickstart's eval.max_new_tokens")
     ap.add_argument("--batch-size", type=int, default=32, help="our hf backend's batch (the eval stage's default)")
     ap.add_argument("--lm-batch-size", type=int, default=1, help="lm-eval HFLM batch size")
@@ -468,11 +473,19 @@ def main(argv: Sequence[str] | None = None, *, echo: Callable[[str], None] = pri
     import lm_eval
     import torch
 
+    previous = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args, echo, lm_eval.__version__ if hasattr(lm_eval, "__version__") else "?")
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(args: argparse.Namespace, echo: Callable[[str], None], version: str) -> list[dict[str, Any]]:
     out = Path(args.out) if args.out else None
     summaries: list[dict[str, Any]] = []
-    meta: dict[str, Any] = {"lm-eval": lm_eval.__version__ if hasattr(lm_eval, "__version__") else "?",
+    meta: dict[str, Any] = {"lm-eval": version,
                             "filters": "; ".join(f"{f['name']}: `{f['filter'][0]['regex_pattern']}`"
                                                  for f in lm_eval_filters())}
     all_rows: dict[str, list[Row]] = {}
@@ -488,15 +501,20 @@ def main(argv: Sequence[str] | None = None, *, echo: Callable[[str], None] = pri
             problems = [p for p in problems if p.dataset == "gsm8k"][: args.limit or None]
             for full_spec in args.prompts:
                 spec, _, n = full_spec.partition("@")
+                spec, _, layout = spec.partition("/")
+                if layout not in ("", "stock"):
+                    raise SystemExit(f"--prompts {full_spec}: the layout after '/' can only be 'stock'")
                 style, _, k = spec.partition(":")
                 num_shots = int(k) if k else None
                 some = problems[: int(n)] if n else problems
                 rows, timings = generate_both(model_dir, some, prompt_style=style, num_shots=num_shots,
                                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                              lm_batch_size=args.lm_batch_size, work=work / spec.replace(":", "_"))
-                key = f"generate_{spec.replace(':', '_')}"
+                                              lm_batch_size=args.lm_batch_size, layout=layout or "ours",
+                                              work=work / f"{spec.replace(':', '_')}{layout}")
+                key = f"generate_{spec.replace(':', '_')}" + (f"_{layout}" if layout else "")
                 all_rows[key] = rows
-                summaries.append(summarize(rows, f"generate: {spec}"))
+                label = f"generate: {spec}" + (" (lm-eval in gsm8k_cot's own layout)" if layout else "")
+                summaries.append(summarize(rows, label))
                 meta[key] = (f"model `{_short(model_dir)}`, data `{_short(data)}` (first {len(some)}), {spec}, "
                              f"greedy, max_new_tokens={args.max_new_tokens}, stop={stop_sequences('gsm8k')!r}; "
                              f"ours {timings['ours_s']} s (hf backend, batch {args.batch_size}), lm-eval "
