@@ -400,17 +400,26 @@ def test_wandb_run_holds_the_tables_and_the_plot(study, monkeypatch):
     assert image.read_bytes() == (study / "results" / "granularity.png").read_bytes()
 
 
-def test_rerun_skips_until_a_new_run_finishes(study, capsys):
+def test_rerun_skips_until_a_new_run_finishes(study, capsys, monkeypatch):
     cfg = agg_cfg(study, "aggregate.print_tables=true", "aggregate.paper_tables=null")
     aggregate.run(cfg)
     first = (study / "results" / "manifest.json").read_text()
     assert "## Main table" in capsys.readouterr().out
     aggregate.run(cfg)
     assert (study / "results" / "manifest.json").read_text() == first  # skipped
-    # Tables made by an older layout of this stage are redone, though the config and the runs are the same.
-    manifest = json.loads(first)
-    del manifest["outputs"]["layout"]
-    (study / "results" / "manifest.json").write_text(json.dumps(manifest))
+    # Tables made by another version of this stage (adpo.registry: its table layout) are redone, though the config
+    # and the runs are the same; the pipeline's check (the same identity) says the stage is unfinished too.
+    import dataclasses
+
+    import adpo.registry as registry
+    from adpo.manifest import identity, is_complete
+
+    inputs = list(json.loads(first)["inputs"])
+    assert is_complete(study / "results", identity(cfg, "aggregate"), inputs)
+    newer = tuple(dataclasses.replace(s, version="paper-layout-next") if s.name == "aggregate" else s
+                  for s in registry.STAGES)
+    monkeypatch.setattr(registry, "STAGES", newer)
+    assert not is_complete(study / "results", identity(cfg, "aggregate"), inputs)
     (study / "results" / "main.md").write_text("old layout")
     aggregate.run(cfg)
     assert (study / "results" / "main.md").read_text().startswith("| Method |")

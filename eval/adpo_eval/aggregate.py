@@ -27,7 +27,8 @@ from omegaconf import DictConfig
 
 from adpo.config import stage_main
 from adpo.io import DataError, atomic_write_text
-from adpo.manifest import identity, is_complete, read_manifest, write_manifest
+from adpo.manifest import identity, is_complete, write_manifest
+from adpo.registry import stage as registered
 from adpo.tracking import init_wandb
 from adpo_eval.methods import Methods
 from adpo_eval.paper import paper_numbers, resolve_path
@@ -40,9 +41,9 @@ from adpo_eval.tables import (ablation_rows, comparisons, comparisons_display, m
 log = logging.getLogger(__name__)
 
 
-# The tables' layout, recorded in the manifest's outputs: tables made in an older layout are redone, though neither
-# the config nor the runs changed.
-LAYOUT = "paper-v2"
+# The tables' layout (adpo.registry's version of the stage, part of its identity): tables made in an older layout are
+# redone, by this stage and by the pipeline, though neither the config nor the runs changed.
+LAYOUT = registered("aggregate").version
 
 
 class NoRunsError(DataError):
@@ -57,7 +58,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     eval_dirs = find_eval_dirs(roots)
     inputs = [str(d) for d in eval_dirs] + ([str(paper_path)] if paper_path and paper_path.is_file() else [])
     key = identity(cfg, "aggregate")
-    if eval_dirs and is_complete(out, key, inputs) and _layout(out) == LAYOUT:
+    if eval_dirs and is_complete(out, key, inputs):
         log.info("aggregate: %s is up to date with %d eval directories; skipping", out, len(eval_dirs))
         text = (out / "tables.md").read_text() if (out / "tables.md").is_file() else ""
         if agg.print_tables and text:
@@ -88,10 +89,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if agg.print_tables:
         print(text, flush=True)
     return outputs
-
-
-def _layout(out: Path) -> str | None:
-    return ((read_manifest(out) or {}).get("outputs") or {}).get("layout")
 
 
 def _no_runs_message(roots: Sequence[Path], skipped: Sequence[str]) -> str:

@@ -49,7 +49,8 @@ def identity(cfg: DictConfig, stage: str, also_not_hashed: Sequence[str] = ()) -
             node = node.get(part) if isinstance(node, dict) else None
         if parents and isinstance(node, dict):
             node.pop(leaf, None)
-    return {"stage": stage, "config": data}
+    version = registered(stage).version
+    return {"stage": stage, "config": data, **({"version": version} if version else {})}
 
 
 def fingerprint(path: str | Path) -> str:

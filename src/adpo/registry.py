@@ -39,6 +39,9 @@ class Stage:
     config: str  # conf/<config>.yaml
     not_hashed: tuple[str, ...] = ()  # top-level keys (or dotted paths) this stage's output does not depend on
     summary: str = ""
+    # Bumped when the code changes what the stage writes from the same config and inputs (aggregate's table layout):
+    # part of its identity, so that finished outputs of the older code are redone, by the stage and the pipeline.
+    version: str = ""
 
     @property
     def script(self) -> str:
@@ -72,7 +75,7 @@ STAGES: tuple[Stage, ...] = (
           summary="a model -> per-problem predictions and accuracy on the test split"),
     Stage("aggregate", "adpo_eval.aggregate", "aggregate",
           not_hashed=("model", "data", "seed", "eval", *_DATA_SIDE, *_TRAINING),
-          summary="finished eval runs -> tables (md/csv/tex), the plot, paper comparison"),
+          summary="finished eval runs -> tables (md/csv/tex), the plot, paper comparison", version="paper-layout-2"),
 )
 
 # Entry points that are not stages: the chain and the SLURM sweep front end.
