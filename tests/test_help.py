@@ -47,7 +47,8 @@ def helps(tmp_path_factory) -> dict[str, dict]:
     runs = [(app, MODULES[app], [f"adpo-{app}", "--help"]) for app in APPS]
     runs += [("pipeline paper", "adpo.pipeline", ["adpo-pipeline", "experiment=paper", "model=qwen3_8b", "--help"]),
              ("sweep --help", "adpo.sweep", ["adpo-sweep", "--help"]), ("sweep -h", "adpo.sweep", ["adpo-sweep", "-h"]),
-             ("sweep", "adpo.sweep", ["adpo-sweep"]), ("sweep bad", "adpo.sweep", ["adpo-sweep", "nope"])]
+             ("sweep", "adpo.sweep", ["adpo-sweep"]), ("sweep bad", "adpo.sweep", ["adpo-sweep", "nope"]),
+             ("hydra-help", "adpo.pipeline", ["adpo-pipeline", "--hydra-help"])]
     (work / "driver.py").write_text(DRIVER)
     proc = subprocess.run([sys.executable, "driver.py", "out.json", json.dumps(runs)], cwd=work, capture_output=True,
                           text=True, timeout=600, check=False)
@@ -109,6 +110,11 @@ def test_help_follows_the_command_line(helps):
     text = helps["pipeline paper"]["stdout"]
     assert "* paper " in text and "* qwen3_8b " in text and "* vllm " in text
     assert "Writes everything below paths.root (outputs/paper/gsm8k/qwen3_8b)" in text
+
+
+def test_hydra_help_is_still_hydras(helps):
+    assert helps["hydra-help"]["code"] == 0
+    assert "== Flags ==" in helps["hydra-help"]["stdout"] and "hydra/help: " in helps["hydra-help"]["stdout"]
 
 
 def test_adpo_sweep_help(helps):
