@@ -369,7 +369,9 @@ CSV_FIELDS = ["id", "tag", "gold", "ours", "ours_correct", *(f"{n}{s}" for n in 
               "prompt_identical", "generation_identical", "output", "lm_output"]
 
 
-def write_rows(path: Path, rows: Sequence[Row]) -> None:
+def write_rows(path: Path, rows: Sequence[Row], outputs: bool = True) -> None:
+    """One CSV row per problem; outputs=False leaves the text columns empty (GSM8K replays: the texts follow from
+    the data file and MODEL_STYLES, and would make the table megabytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
         w = csv.DictWriter(fh, CSV_FIELDS)
@@ -378,7 +380,8 @@ def write_rows(path: Path, rows: Sequence[Row]) -> None:
             rec = {"id": r.id, "tag": r.tag, "gold": r.gold, "ours": r.ours, "ours_correct": int(r.ours_correct),
                    "prompt_identical": "" if r.prompt_identical is None else int(r.prompt_identical),
                    "generation_identical": "" if r.generation_identical is None else int(r.generation_identical),
-                   "output": r.output, "lm_output": "" if r.lm_output == r.output else r.lm_output}
+                   "output": r.output if outputs else "",
+                   "lm_output": "" if r.lm_output == r.output or not outputs else r.lm_output}
             for n in FILTERS:
                 rec[n], ok = r.lm[n]
                 rec[f"{n}_correct"], rec[f"{n}_why"] = int(ok), r.why[n]
@@ -549,7 +552,7 @@ def _run(args: argparse.Namespace, echo: Callable[[str], None], version: str) ->
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for key, rows in all_rows.items():
-            write_rows(out / f"{key}.csv", rows)
+            write_rows(out / f"{key}.csv", rows, outputs=not key.startswith("replay_gsm8k"))
         write_summary_csv(out / "summary.csv", summaries)
         (out / "README.md").write_text(text)
         echo(f"wrote {out}/README.md, summary.csv and " + ", ".join(f"{k}.csv" for k in all_rows))
