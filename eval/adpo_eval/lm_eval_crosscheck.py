@@ -7,9 +7,11 @@ Two comparisons, both per problem:
    with an `HFLM` on the same local directory, and a task YAML generated into a temp dir in the `gsm8k_cot` style:
    our exemplars as `fewshot_config.samples`, our prompt layout, the same max tokens and stop string). It checks
    that the prompts and the generations are identical, then compares our extracted answer and correctness with
-   lm-eval's filters.
+   lm-eval's filters. A spec ending "/stock" runs lm-eval in gsm8k_cot's own layout instead ("Q: {q}\nA:", a " "
+   before each exemplar's answer, stop at "Q:"): what the prompt format alone changes for the same model.
 2. replay: given texts (GSM8K's own worked solutions, the same rewritten in the CoT exemplars' "The answer is N."
-   style, an eval stage's predictions.jsonl) are fed through the same lm-eval task by a model that answers each
+   style, GSM8K's reasoning with the right answer in twelve common model endings (MODEL_STYLES), an eval stage's
+   predictions.jsonl) are fed through the same lm-eval task by a model that answers each
    prompt with its text: an extraction-only comparison on real GSM8K text, no generation.
 
 lm-eval's filters are the installed package's own: `strict-match` and `flexible-extract` of `gsm8k-cot.yaml`
@@ -19,7 +21,7 @@ solutions and of the quickstart's toy model), reported as `hash-strict-match`. I
 numbers.
 
     python -m adpo_eval.lm_eval_crosscheck                                     # the quickstart base model, toy test
-    python -m adpo_eval.lm_eval_crosscheck --model-dir M --data test.jsonl --limit 50 --prompt-style few_shot
+    python -m adpo_eval.lm_eval_crosscheck --model-dir M --data test.jsonl --limit 50 --prompts few_shot:4
     python -m adpo_eval.lm_eval_crosscheck --replay-gsm8k ../shared/data/gsm8k/test.jsonl --no-generate
 
 Writes <out>/{generate,replay_*}.csv (one row per problem), <out>/summary.csv and <out>/README.md (the tables).
