@@ -77,7 +77,8 @@ def test_lora_run_writes_the_adapter_only_with_the_base_model_recorded(adapter_r
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md", "export.json"} <= names
     assert not names & {*FULL_WEIGHTS, "config.json"}, names
     config = json.loads((model_dir / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(base.resolve()) and Path(config["base_model_name_or_path"]).is_absolute()
+    assert config["base_model_name_or_path"] == str(base.resolve())
+    assert Path(config["base_model_name_or_path"]).is_absolute()
     assert config["r"] == 4 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
     from safetensors.torch import load_file
 

@@ -43,11 +43,17 @@ OUTPUT_OPTION = "paths.eval"  # the key that names output_dir, offered when it h
 
 def model_inputs(model_dir: str) -> list[str]:
     """What identifies the model: its directory, and the stage directory that made it (whose manifest changes when
-    the model is retrained); a hub id is identified by its name."""
+    the model is retrained); a hub id is identified by its name. A LoRA adapter directory (the train stage's default
+    output) is loaded on its base model, which identifies it too."""
+    from adpo.models import adapter_info
+
     path = Path(model_dir)
     inputs = [str(model_dir)]
     if path.is_dir() and (path.parent / MANIFEST).is_file():
         inputs.append(str(path.parent))
+    adapter = adapter_info(model_dir)
+    if adapter is not None:
+        inputs += [p for p in model_inputs(adapter["base_model"]) if p not in inputs]
     return inputs
 
 
@@ -208,7 +214,20 @@ def run(cfg: DictConfig) -> Path:
     write_manifest(output_dir, "eval", cfg, inputs, key=identity(cfg, "eval"),
                    outputs={"predictions": PREDICTIONS, "metrics": METRICS, "accuracy": metrics["accuracy"],
                             "total": metrics["total"]})
+    _add_to_model_card(model_dir, output_dir, metrics)
     return output_dir
+
+
+def _add_to_model_card(model_dir: str, output_dir: Path, metrics: dict[str, Any]) -> None:
+    """The accuracy into the evaluated model's card, when the train stage exported it (adpo.export); a model
+    directory that cannot be written to (shared, read-only) keeps its card."""
+    from adpo.export import add_eval_results
+
+    try:
+        if add_eval_results(model_dir, output_dir, metrics) is not None:
+            log.info("eval: accuracy added to the model card %s/README.md", model_dir)
+    except OSError as error:
+        log.warning("eval: could not update the model card in %s: %s", model_dir, error)
 
 
 main = stage_main("eval")(run)

@@ -181,7 +181,8 @@ def render_card(record: Mapping[str, Any], eval_results: Mapping[str, Mapping[st
                                   metric_config=f"{m.get('num_shots')}-shot {m.get('prompt_style') or ''}".strip()))
     # The hub takes base_model as a hub id: a run from a local copy names its path in the text and adapter_config.
     card_data = ModelCardData(
-        base_model=record["base_model"] if _looks_like_hub_id(record["base_model"]) else None, library_name="peft" if kind == "adapter" else "transformers",
+        base_model=record["base_model"] if _looks_like_hub_id(record["base_model"]) else None,
+        library_name="peft" if kind == "adapter" else "transformers",
         pipeline_tag="text-generation", tags=tags, datasets=[dataset_id] if dataset_id else None,
         model_name=model_name if results else None, eval_results=results or None,
     )
@@ -317,7 +318,7 @@ def _save_adapter(peft_model, state: dict[str, torch.Tensor], out: Path, base_mo
     saved = (config.base_model_name_or_path, config.revision)
     config.base_model_name_or_path, config.revision = base_model, revision
     try:
-        # save_embedding_layers=False: only LoRA matrices are trained; "auto" would look at the (partitioned) embeddings.
+        # save_embedding_layers=False: only LoRA matrices are trained ("auto" looks at the partitioned embeddings).
         peft_model.save_pretrained(str(out), state_dict=state, save_embedding_layers=False)
     finally:
         config.base_model_name_or_path, config.revision = saved

@@ -77,9 +77,9 @@ def cpu_refusal(model_path: str, trust_remote_code: bool = False) -> str | None:
     if not _is_cpu_platform():
         return None
     adapter = adapter_info(model_path)  # an adapter runs on its base model: the base's shape decides
+    revision = {"revision": adapter["revision"]} if adapter and adapter["revision"] else {}
     config = AutoConfig.from_pretrained(adapter["base_model"] if adapter else model_path,
-                                        trust_remote_code=trust_remote_code,
-                                        **({"revision": adapter["revision"]} if adapter and adapter["revision"] else {}))
+                                        trust_remote_code=trust_remote_code, **revision)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     if head_dim not in CPU_HEAD_SIZES:

@@ -284,7 +284,7 @@ def train(cfg: DictConfig) -> dict:
     ckpt_dir = output_dir / CHECKPOINTS
     refuse_other_work(cfg, output_dir)
     setup = setup_training(cfg)
-    tcfg, mcfg = cfg.train, cfg.model
+    tcfg = cfg.train
     engine, schedule, method, total_steps = setup.engine, setup.schedule, setup.method, setup.total_steps
     rank, world = setup.rank, setup.world
 
@@ -370,8 +370,13 @@ def train(cfg: DictConfig) -> dict:
     gc.unfreeze()
 
     # --- the model for the eval stage ---------------------------------------------------------------------------
-    checkpoint.export_model(engine, setup.tokenizer, output_dir / "model", base_model=mcfg.name_or_path,
-                            model_kwargs=setup.model_kwargs, lora_cfg=tcfg.lora if setup.lora else None)
+    # LoRA: the adapter (train.export=adapter, default) or merged full weights; a model card beside it (adpo.export).
+    from adpo.export import export_policy
+
+    export_policy(engine, setup.tokenizer, output_dir / "model", cfg, model_kwargs=setup.model_kwargs,
+                  lora=setup.lora, final_metrics=last,
+                  summary={"steps": total_steps, "pairs": len(setup.pairs), "pairs_held_out": len(setup.heldout_pairs),
+                           "pairs_dropped_over_length": setup.pairs_dropped})
     if wandb_run is not None:
         wandb_run.summary.update({f"final/{k}": v for k, v in last.items()})
         wandb_run.finish()
