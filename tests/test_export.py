@@ -122,6 +122,7 @@ def test_model_card_states_method_data_config_and_final_metrics(adapter_run, wor
     record = json.loads((adapter_run / "model" / "export.json").read_text())
     assert record["export"] == "adapter" and record["method"]["granularity"] == "static:3"
     assert record["train_metrics"]["loss"] == pytest.approx(last["loss"])
+    assert "tokens_per_second" in last and "tokens_per_second" not in record["train_metrics"]
     assert set(record["files"]) == {p.name for p in (adapter_run / "model").iterdir()}
 
 

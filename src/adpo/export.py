@@ -131,7 +131,8 @@ def export_record(cfg: Mapping[str, Any], kind: str, base_model: str, final_metr
         "lora": ({k: tcfg["lora"].get(k) for k in ("r", "alpha", "dropout", "target_modules")}
                  if kind != "full" and tcfg.get("lora") else None),
         "deepspeed_zero_stage": (cfg.get("deepspeed", {}).get("zero_optimization") or {}).get("stage"),
-        "train_metrics": dict(final_metrics or {}),
+        # Speeds are left out: a run resumed after a kill exports the same files as an uninterrupted one.
+        "train_metrics": {k: v for k, v in dict(final_metrics or {}).items() if "per_second" not in k},
         **dict(extra or {}),
     }
 
