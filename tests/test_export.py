@@ -126,6 +126,21 @@ def test_model_card_states_method_data_config_and_final_metrics(adapter_run, wor
     assert set(record["files"]) == {p.name for p in (adapter_run / "model").iterdir()}
 
 
+def test_a_run_killed_before_its_export_exports_the_same_files_when_rerun(adapter_run, work, tmp_path):
+    """Killed after its last checkpoint, before the export finished (no manifest, a half-written temporary
+    directory): the same command resumes at the last step, trains nothing, and writes the same directory."""
+    import shutil
+
+    root, base = work
+    out = tmp_path / "killed"
+    shutil.copytree(adapter_run, out)
+    (out / "manifest.json").unlink()
+    shutil.move(out / "model", out / ".model.killed.tmp")
+    run_train(train_overrides(root, base, root / "pairs", out, *LORA))
+    for name in ("adapter_model.safetensors", "adapter_config.json", "export.json", "README.md"):
+        assert (out / "model" / name).read_bytes() == (adapter_run / "model" / name).read_bytes(), name
+
+
 def test_card_of_a_hub_base_model_names_it_in_the_metadata(adapter_run):
     from huggingface_hub import ModelCard
 

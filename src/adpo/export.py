@@ -96,13 +96,16 @@ def _plain(value: Any) -> Any:
 
 
 def _last_metrics(metrics_file: Path) -> dict[str, Any]:
-    """The last row of a train run's metrics.jsonl (a resumed run that had nothing left to train logs none)."""
+    """The last row of a train run's metrics.jsonl without its step, as the loop's own final metrics are (a run
+    resumed at its last step has nothing left to train and logs none)."""
     if not metrics_file.is_file():
         return {}
     rows = [line for line in metrics_file.read_text().splitlines() if line.strip()]
     for line in reversed(rows):
         with contextlib.suppress(json.JSONDecodeError):
-            return json.loads(line)
+            row = json.loads(line)
+            row.pop("step", None)
+            return row
     return {}
 
 
@@ -223,8 +226,7 @@ def render_card(record: Mapping[str, Any], eval_results: Mapping[str, Mapping[st
     lines += [f"| export | {kind} |", ""]
     metrics = record.get("train_metrics") or {}
     if metrics:
-        lines += ["## Final training metrics", "", "Averaged over the last logging window"
-                  + (f" (step {metrics['step']})" if "step" in metrics else "") + ".", "", "| metric | value |",
+        lines += ["## Final training metrics", "", "Averaged over the last logging window.", "", "| metric | value |",
                   "| --- | --- |"]
         names = [k for k in _TRAIN_METRICS if k in metrics] + sorted(k for k in metrics if k.startswith("eval/"))
         lines += [f"| {k} | {_fmt(metrics[k])} |" for k in names] + [""]
