@@ -67,7 +67,7 @@ STAGES: tuple[Stage, ...] = (
           summary="cDPO criticality: pairs + per-token weights from positive/negative LoRA models"),
     Stage("train", "adpo.train", "train",
           not_hashed=("data", "eval", *_DATA_SIDE, "method.pairs_dir", "train.reference_cache_dir",
-                      "train.logps_chunk_size"),
+                      "train.logps_chunk_size", "train.push_to_hub", "train.hub_model_id", "train.hub_private"),
           summary="pairs -> a policy trained with DPO/ADPO/cDPO/cADPO on DeepSpeed"),
     Stage("eval", "adpo_eval.evaluate", "eval",
           not_hashed=("seed", "sampling", "pairing", "criticality", "sft", "model_dir", "data_dir", *_TRAINING,

@@ -90,7 +90,7 @@ def _truncate_metrics_log(path: Path, after_step: int) -> None:
 
 # How often to log or save, and how the cache is computed, do not change the training: a run may resume across them.
 BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "eval_every", "resume", "reference_batch_size",
-                    "reference_cache_dir")
+                    "reference_cache_dir", "export")
 
 
 CHECKPOINTS = "checkpoints"
