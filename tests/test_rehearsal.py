@@ -160,7 +160,8 @@ def test_the_readmes_slurm_sweeps_run_the_papers_chain(gpu_cluster, tiny_models,
         assert config["train"]["lora"]["r"] == 16 and config["deepspeed"]["zero_optimization"]["stage"] == 2
         assert config["train"]["gradient_checkpointing"] is True
         assert manifest["outputs"].get("world_size", 2) == 2
-        assert (root / "train" / run / "model" / "config.json").is_file()
+        # LoRA runs export the adapter (adpo.export), which the eval stage loads on its base model.
+        assert (root / "train" / run / "model" / "adapter_config.json").is_file()
     evals = {p.name for p in (root / "eval").iterdir()}
     assert evals >= {"dpo-sequence-s0", "adpo-token-s0", "cdpo-sequence-s0", "cadpo-token-s0"}, evals
     for run in ("dpo-sequence-s0", "cadpo-token-s0"):

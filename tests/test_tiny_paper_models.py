@@ -410,7 +410,8 @@ def test_the_train_stage_trains_gemma3s_language_model_and_exports_a_policy_with
     run_train([f"paths.root={tmp_path}", f"model.name_or_path={base}", f"input_dir={tmp_path / 'pairs'}",
                f"output_dir={out}", "train=default", "deepspeed=zero2", "train.gradient_checkpointing=true",
                "train.max_steps=2", "train.micro_batch_size=2", "train.gradient_accumulation_steps=1",
-               "train.lr=1e-2", "model.dtype=float32", "progress=false", "wandb=disabled"], env=stage_env())
+               "train.lr=1e-2", "model.dtype=float32", "train.export=merged", "progress=false", "wandb=disabled"],
+              env=stage_env())
     policy = out / "model"
     for name in ("preprocessor_config.json", "processor_config.json"):
         assert (policy / name).is_file(), name

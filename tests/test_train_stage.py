@@ -270,7 +270,7 @@ def test_lora_under_zero3_exports_merged_full_weights(work, tiny_model_dir):
     """LoRA under ZeRO-3 on 2 ranks, log-probs 5 positions at a time, against one process with whole logits."""
     root, pairs_dir = work
     lora = ["deepspeed=zero3", "train.max_steps=4", "train.lora.enabled=true", "train.lora.r=4", "train.lora.alpha=8",
-            "train.lora.target_modules=[q_proj,v_proj]"]
+            "train.lora.target_modules=[q_proj,v_proj]", "train.export=merged"]  # the adapter alone: test_export.py
     out, whole = root / "lora", root / "lora_whole_logits"
     run_train(train_overrides(root, tiny_model_dir, pairs_dir, out, *COMMON, *lora, "train.logps_chunk_size=5",
                               "train.gradient_accumulation_steps=1"), nproc=2)
