@@ -221,6 +221,38 @@ def test_merge_command_turns_a_finished_adapter_into_merged_weights(adapter_run,
     assert record["export"] == "merged" and record["merged_from"] == str((adapter_run / "model").resolve())
 
 
+def test_a_finished_adapter_run_rerun_with_export_merged_re_exports_without_training(adapter_run, merged_run, work,
+                                                                                     tmp_path):
+    """train.export is bookkeeping for the checkpoints (adpo.training.loop.BOOKKEEPING_KEYS) but part of the stage's
+    identity: the same command with train.export=merged resumes at the last step and writes merged weights."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from adpo.models import load_tokenizer
+
+    root, base = work
+    out = tmp_path / "rerun"
+    shutil.copytree(adapter_run, out)
+    metrics = (out / "metrics.jsonl").read_text()
+    proc = run_train(train_overrides(root, base, root / "pairs", out, *LORA, "train.export=merged"))
+    assert "at step 3 of 3" in proc.stdout + proc.stderr  # resumed at the end: nothing trained again
+    assert (out / "metrics.jsonl").read_text() == metrics
+    names = {p.name for p in (out / "model").iterdir()}
+    assert "config.json" in names and "adapter_config.json" not in names
+    tokenizer = load_tokenizer(out / "model")
+    tokenizer.padding_side = "left"
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(out / "model").eval(), tokenizer),
+                               logits(AutoModelForCausalLM.from_pretrained(merged_run / "model").eval(), tokenizer),
+                               atol=2e-5, rtol=1e-5)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    # Only where the model goes next changes: pushing to the hub is not part of the identity, the run is skipped.
+    before = (out / "manifest.json").read_text()
+    run_train(train_overrides(root, base, root / "pairs", out, *LORA, "train.export=merged",
+                              "train.hub_model_id=me/x", "train.hub_private=false"))
+    assert (out / "manifest.json").read_text() == before
+
+
 def test_full_fine_tuning_always_writes_full_weights(work, tmp_path):
     root, base = work
     out = tmp_path / "full"

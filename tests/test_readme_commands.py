@@ -46,7 +46,10 @@ SUBSTITUTIONS = {
     "experiment=<name>": "experiment=quickstart",  # any experiment: the quickstart's
     "[any Hydra overrides]": "paths.root=/scratch/x seed=1 wandb=disabled",  # the example its comment gives
     "data=<choice>": "data=gsm8k",  # any data config
+    "<test.jsonl>": "outputs/quickstart/toy/tiny/data/test.jsonl",  # the cross-check's problems
 }
+# Command-line tools with their own argparse parser: the README's arguments are parsed by it, nothing is run.
+TOOL_MODULES = ("adpo_eval.lm_eval_crosscheck", "adpo.export")
 # A sweep is dry-run for one model, dataset and seed (the README: command-line values narrow a sweep).
 NARROW = {"model": "llama3_8b", "data": "gsm8k", "seed": "0"}
 # Programs that are not Hydra apps: their commands are only checked for the repository files they name.
@@ -177,6 +180,8 @@ def classify(line: int, text: str) -> list[Command]:
         elif program == "python" and argv[1:3] == ["-m", "torch.distributed.run"]:
             at = argv.index("-m", 3)
             _stage_module_check(argv[at + 1], argv[at + 2:], cmd)
+        elif program == "python" and len(argv) > 2 and argv[1] == "-m" and argv[2] in TOOL_MODULES:
+            cmd.checks.append((f"argparse:{argv[2]}", argv[3:]))
         elif program == "python" and len(argv) > 2 and argv[1] == "-m" and argv[2] in STAGE_MODULES:
             _stage_module_check(argv[2], argv[3:], cmd)
         elif program == "deepspeed" and "--module" in argv:
@@ -228,6 +233,21 @@ for module, argv in checks:
                     importlib.import_module(stage(name).module).main()
             elif module == "adpo.sweep":
                 importlib.import_module(module).main(argv)
+            elif module.startswith("argparse:"):  # parsed by the tool's own parser, then stopped
+                import argparse
+                class Parsed(Exception):
+                    pass
+                original = argparse.ArgumentParser.parse_args
+                def parse_only(self, args=None, namespace=None):
+                    original(self, args, namespace)
+                    raise Parsed
+                argparse.ArgumentParser.parse_args = parse_only
+                try:
+                    importlib.import_module(module.split(":", 1)[1]).main(argv)
+                except Parsed:
+                    pass
+                finally:
+                    argparse.ArgumentParser.parse_args = original
             else:
                 sys.argv = ["adpo", *argv]
                 importlib.import_module(module).main()

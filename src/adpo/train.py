@@ -4,7 +4,8 @@
     python -m torch.distributed.run --nproc_per_node 8 -m adpo.train deepspeed=zero3 method=cadpo ...
     deepspeed --num_gpus 8 --module adpo.train deepspeed=zero2 ...
 
-Outputs: output_dir/model/ (transformers format, full weights), checkpoints/ (resumable), metrics.jsonl, manifest.json.
+Outputs: output_dir/model/ (the LoRA adapter, or full weights: adpo.export; a model card beside it), checkpoints/
+(resumable), metrics.jsonl, manifest.json.
 """
 
 from __future__ import annotations

@@ -22,9 +22,8 @@ import torch
 import torch.distributed as dist
 
 from adpo.config_diff import check_made_for
-from adpo.io import atomic_directory, atomic_write_json
+from adpo.io import atomic_write_json
 from adpo.manifest import config_hash
-from adpo.models import copy_processor_files
 
 log = logging.getLogger(__name__)
 
@@ -106,33 +105,3 @@ def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
     if dist.get_rank() != 0:
         return None
     return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
-
-
-def export_model(engine, tokenizer, out_dir: Path, *, base_model: str, model_kwargs: dict, lora_cfg=None) -> None:
-    """Write out_dir (transformers save_pretrained + tokenizer) from rank 0: full weights, LoRA merged in.
-
-    Call on every rank. A LoRA policy is rebuilt on CPU from the base model and its adapters are merged there, so the
-    same path works for a ZeRO-3-partitioned policy.
-    """
-    state = full_state_dict(engine)
-    if dist.get_rank() == 0:
-        # After ZeRO-3, transformers would load any new model with zero.Init (and hang on a one-rank gather).
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
-        with atomic_directory(out_dir) as tmp:
-            if lora_cfg is not None:
-                from adpo.models import load_causal_lm
-                from adpo.training.engine import apply_lora
-
-                model = apply_lora(load_causal_lm(base_model, **model_kwargs), lora_cfg)
-                model.load_state_dict(state, strict=True)
-                model = model.merge_and_unload()
-                model.save_pretrained(str(tmp))
-            else:
-                engine.module.save_pretrained(str(tmp), state_dict=state)
-            tokenizer.save_pretrained(str(tmp))
-            # A multimodal base (Gemma-3) needs its processor files for vLLM to load the policy.
-            copy_processor_files(base_model, tmp)
-        log.info("model written to %s", out_dir)
-    dist.barrier()
