@@ -144,7 +144,7 @@ def test_a_run_killed_before_its_export_exports_the_same_files_when_rerun(adapte
 def test_card_of_a_hub_base_model_names_it_in_the_metadata(adapter_run):
     from huggingface_hub import ModelCard
 
-    from adpo.export import render_card
+    from adpo.model_card import render_card
 
     record = json.loads((adapter_run / "model" / "export.json").read_text())
     record.update(base_model="meta-llama/Meta-Llama-3-8B", base_model_revision="62bd457")

@@ -221,7 +221,7 @@ def run(cfg: DictConfig) -> Path:
 def _add_to_model_card(model_dir: str, output_dir: Path, metrics: dict[str, Any]) -> None:
     """The accuracy into the evaluated model's card, when the train stage exported it (adpo.export); a model
     directory that cannot be written to (shared, read-only) keeps its card."""
-    from adpo.export import add_eval_results
+    from adpo.model_card import add_eval_results
 
     try:
         if add_eval_results(model_dir, output_dir, metrics) is not None:
