@@ -201,6 +201,10 @@ def check_wandb_runs(root: Path) -> None:
     sample = json.loads((root / "samples" / "summary.json").read_text())
     assert by_type["sample"][0]["summary"]["sample/sample_accuracy"] == sample["sample_accuracy"]
     assert by_type["prepare"][0]["summary"]["prepare/test/problems"] == 24
+    # The first rows of samples and pairs, as tables.
+    for kind, rows in (("sample", 50), ("pairs", pairs["pairs/num_pairs"])):
+        logged = {k: v for h in by_type[kind][0]["history"] for k, v in h.items()}
+        assert logged[f"{kind}/examples/_type"] == "table-file" and logged[f"{kind}/examples/nrows"] == min(rows, 50)
     evals = {r["name"]: r for r in by_type["eval"]}
     assert set(evals) == {"base-tiny-toy", "adpo-token-tiny-toy-s0"}
     [train] = by_type["train"]

@@ -126,9 +126,6 @@ def count_over_length(cfg: DictConfig, rows: list[dict[str, Any]]) -> int | None
     return sum(not within_length_limits(tokenizer, r["prompt"], (r["chosen"], r["rejected"]), **limits) for r in rows)
 
 
-EXAMPLES_LOGGED = 50  # pairs shown in wandb's table: enough to read, not the whole file
-
-
 def run(cfg: DictConfig) -> Path:
     samples_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
     inputs = samples_inputs(samples_dir)
@@ -175,7 +172,7 @@ def run(cfg: DictConfig) -> Path:
                             "stats_summary": json.loads(json.dumps(summary))})
     columns = ["problem_id", "gold", "chosen_answer", "rejected_answer", "prompt", "chosen", "rejected"]
     log_stage_summary(cfg, "pairs", {"num_pairs": len(rows), **json.loads(json.dumps(summary))},
-                      table=(columns, [[r.get(c) for c in columns] for r in rows[:EXAMPLES_LOGGED]]))
+                      rows=rows, columns=columns)
     return output_dir / "pairs.jsonl"
 
 

@@ -81,9 +81,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "mean_tokens": sum(r.get("num_tokens", 0) for r in rows) / total}
 
 
-EXAMPLES_LOGGED = 50  # samples shown in wandb's table: enough to read, not the whole file
-
-
 def run(cfg: DictConfig) -> Path:
     input_dir, output_dir = Path(cfg.input_dir), Path(cfg.output_dir)
     s = cfg.sampling
@@ -127,8 +124,7 @@ def run(cfg: DictConfig) -> Path:
     write_manifest(output_dir, "sample", cfg, inputs, key=identity(cfg, "sample"),
                    outputs={"shards": "shard-*.jsonl", **summary})
     columns = ["problem_id", "sample_index", "gold", "extracted", "correct", "finish_reason", "num_tokens", "text"]
-    log_stage_summary(cfg, "sample", summary,
-                      table=(columns, [[r.get(c) for c in columns] for r in rows[:EXAMPLES_LOGGED]]))
+    log_stage_summary(cfg, "sample", summary, rows=rows, columns=columns)
     return output_dir
 
 

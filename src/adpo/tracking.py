@@ -133,10 +133,13 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+EXAMPLES_LOGGED = 50  # rows of a data stage's output shown in wandb: enough to read, not the whole file
+
+
 def log_stage_summary(cfg: DictConfig, job_type: str, summary: Mapping[str, Any],
-                      table: tuple[Sequence[str], Sequence[Sequence[Any]]] | None = None) -> None:
+                      rows: Sequence[Mapping[str, Any]] = (), columns: Sequence[str] = ()) -> None:
     """A data stage's run: its statistics as the run's summary (and history step 0, for charts across runs), and
-    optionally a table of examples (`{job_type}/examples`)."""
+    the first EXAMPLES_LOGGED rows' `columns` as a table (`{job_type}/examples`)."""
     run = init_wandb(cfg, job_type=job_type)
     if run is None:
         return
@@ -145,9 +148,9 @@ def log_stage_summary(cfg: DictConfig, job_type: str, summary: Mapping[str, Any]
     numbers = {k: v for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numbers:
         run.log(numbers, step=0)
-    if table is not None:
+    if rows and columns:
         import wandb
 
-        columns, rows = table
-        run.log({f"{job_type}/examples": wandb.Table(columns=list(columns), data=[list(r) for r in rows])}, step=0)
+        data = [[row.get(c) for c in columns] for row in rows[:EXAMPLES_LOGGED]]
+        run.log({f"{job_type}/examples": wandb.Table(columns=list(columns), data=data)}, step=0)
     run.finish()
