@@ -23,7 +23,7 @@ from adpo.generation.graded import GradedGeneration, GradedProblem
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json
 from adpo.manifest import fingerprint, identity, is_complete, write_manifest
-from adpo.progress import figures_of, progress_every
+from adpo.progress import mean_of, progress_every
 from adpo.tracking import log_stage_summary
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def run(cfg: DictConfig) -> Path:
                            fingerprint=shard_made_for(cfg, problems_file), progress=bool(cfg.progress),
                            desc=f"sampling n={s.n}", option=OUTPUT_OPTION, on_start=mark_running,
                            progress_every=progress_every(cfg),
-                           figures=lambda done: {"sample_accuracy": figures_of(done, "correct")})
+                           figures=lambda done: {"sample_accuracy": mean_of(done, "correct")})
     summary = summarize(rows)
     # The backend that ran: not the configured one where vLLM fell back to transformers (generation.cpu_fallback=hf).
     summary["generated_with"] = graded.backend_used

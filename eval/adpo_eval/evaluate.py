@@ -28,7 +28,7 @@ from adpo.generation.graded import GradedGeneration, GradedProblem
 from adpo.generation.shards import run_sharded
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
 from adpo.manifest import MANIFEST, fingerprint, identity, is_complete, write_manifest
-from adpo.progress import figures_of, progress_every
+from adpo.progress import mean_of, progress_every
 from adpo.tracking import init_wandb
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def run(cfg: DictConfig) -> Path:
                            fingerprint=made_for(cfg, input_fingerprints(inputs)), progress=bool(cfg.progress),
                            desc=f"eval {'+'.join(datasets)}", option=OUTPUT_OPTION, on_start=mark_running,
                            progress_every=progress_every(cfg),
-                           figures=lambda done: {"accuracy": figures_of(done, "correct")})
+                           figures=lambda done: {"accuracy": mean_of(done, "correct")})
 
     metrics = compute_metrics(rows)
     metrics.update(

@@ -72,7 +72,6 @@ class Progress:
         self.started = self.last_line = clock()
         self.figures: dict[str, Any] = {}
         self.closed = False
-        self.lines = 0
         self.bar = tqdm(total=self.total, initial=self.initial, desc=desc, unit=unit, dynamic_ncols=True,
                         disable=not (bar and enabled))
 
@@ -105,7 +104,6 @@ class Progress:
 
     def write_line(self) -> None:
         self.last_line = self.clock()
-        self.lines += 1
         self.logger.info(self.line())
 
     def close(self) -> None:
@@ -138,8 +136,8 @@ def last_progress(text: str) -> str | None:
     return None
 
 
-def figures_of(rows: list[Mapping[str, Any]], key: str) -> float | None:
-    """The mean of a boolean/numeric field over rows (accuracy so far), None when no row has it."""
+def mean_of(rows: list[Mapping[str, Any]], key: str) -> float | None:
+    """The mean of a boolean or numeric field over rows (accuracy so far), None when no row has it."""
     values = [float(r[key]) for r in rows if r.get(key) is not None]
     return sum(values) / len(values) if values else None
 
