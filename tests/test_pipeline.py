@@ -226,9 +226,9 @@ def test_killed_chain_resumes_to_the_same_outputs(tmp_path):
     first = run_chain(root, 1200, "wandb=offline")
     # Each long stage's progress, shown as it runs, with progress=false (what the stages print for a log file).
     for stage, line in [("sft", r"sft \| step 60/60 100% \| [\d.]+ step/s .* \| loss [\d.]+"),
-                        ("eval \[base\]", r"eval gsm8k \| item 24/24 100% .* \| accuracy [\d.]+"),
+                        (r"eval \[base\]", r"eval gsm8k \| item 24/24 100% .* \| accuracy [\d.]+"),
                         ("sample", r"sampling n=16 \| item 32/32 100% .* \| sample_accuracy [\d.]+"),
-                        ("train \[adpo-token-s0\]", r"train adpo token \| step (\d+)/\1 100% .* \| loss [\d.]+")]:
+                        (r"train \[adpo-token-s0\]", r"train adpo token \| step (\d+)/\1 100% .* \| loss [\d.]+")]:
         assert re.search(rf"^\[pipeline\] +\d+/\d+ {stage} +{line}", first, re.M), (stage, first)
     # ... and each stage's result when it ends, the base model's verdict among them.
     assert re.search(r"pairs +ran in [\d.]+ s: \d+ pairs; base model usable for pairs: \d+% of 32 questions", first)
