@@ -47,14 +47,18 @@ def last_metrics(metrics_file: Path) -> dict[str, Any]:
     return {}
 
 
+# The card's rows in this order, whether the record comes from memory or from export.json (written with sorted keys).
+TRAIN_KEYS = ("lr", "epochs", "max_steps", "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio",
+              "schedule", "weight_decay", "max_grad_norm", "length_policy", "seed", "gradient_checkpointing",
+              "heldout_pairs")
+LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
+
+
 def export_record(cfg: Mapping[str, Any], kind: str, base_model: str, final_metrics: Mapping[str, Any] | None,
                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What export.json holds: everything the model card shows, as plain JSON."""
     cfg = _plain(cfg)
     method, tcfg, model, data = cfg.get("method", {}), cfg.get("train", {}), cfg.get("model", {}), cfg.get("data", {})
-    train_keys = ("lr", "epochs", "max_steps", "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio",
-                  "schedule", "weight_decay", "max_grad_norm", "length_policy", "seed", "gradient_checkpointing",
-                  "heldout_pairs")
     return {
         "format": RECORD_FORMAT,
         "export": kind,
@@ -68,8 +72,8 @@ def export_record(cfg: Mapping[str, Any], kind: str, base_model: str, final_metr
                                              "max_prompt_length", "max_length") if k in model},
         "data": {"name": data.get("name"), "dataset": data.get("dataset"), "source": data.get("source"),
                  "path": data.get("path"), "pairs": str(Path(str(cfg.get("input_dir", ""))) / "pairs.jsonl")},
-        "train": {k: tcfg.get(k) for k in train_keys if k in tcfg},
-        "lora": ({k: tcfg["lora"].get(k) for k in ("r", "alpha", "dropout", "target_modules")}
+        "train": {k: tcfg.get(k) for k in TRAIN_KEYS if k in tcfg},
+        "lora": ({k: tcfg["lora"].get(k) for k in LORA_KEYS}
                  if kind != "full" and tcfg.get("lora") else None),
         "deepspeed_zero_stage": (cfg.get("deepspeed", {}).get("zero_optimization") or {}).get("stage"),
         # Speeds are left out: a run resumed after a kill exports the same files as an uninterrupted one.
@@ -156,9 +160,9 @@ def render_card(record: Mapping[str, Any], eval_results: Mapping[str, Mapping[st
         if record.get(key) is not None:
             lines.append(f"| {key.replace('_', ' ')} | {_fmt(record[key])} |")
     lines += ["", "## Training", "", "| | |", "| --- | --- |"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in train.items()]
+    lines += [f"| {k} | {_fmt(train[k])} |" for k in TRAIN_KEYS if k in train]
     if lora:
-        lines += [f"| lora.{k} | {_fmt(v)} |" for k, v in lora.items()]
+        lines += [f"| lora.{k} | {_fmt(lora[k])} |" for k in LORA_KEYS if k in lora]
     if record.get("deepspeed_zero_stage") is not None:
         lines.append(f"| DeepSpeed ZeRO stage | {record['deepspeed_zero_stage']} |")
     lines += [f"| export | {kind} |", ""]
