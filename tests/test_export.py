@@ -482,6 +482,27 @@ def test_train_push_to_hub_uploads_at_the_end_of_the_run(work, tmp_path):
     assert hub.commit_message == "adapter: adpo-static3-s0"
 
 
+def test_the_readmes_card_and_push_commands_for_a_finished_run(adapter_run, tmp_path):
+    """`python -m adpo.export card DIR` and `python -m adpo.export push DIR --repo-id ID`, as the README shows them,
+    on a copy of a finished run's model directory, HF_ENDPOINT pointing at the stub."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(adapter_run / "model", model)
+    card = (model / "README.md").read_text()
+    (model / "README.md").unlink()
+    proc = subprocess.run([PYTHON, "-m", "adpo.export", "card", str(model)], env=stage_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (model / "README.md").read_text() == card
+    with StubHub(tmp_path / "hub") as hub:
+        env = stage_env(HF_ENDPOINT=hub.url, HF_TOKEN="hf_stub", HF_HUB_OFFLINE="0")
+        proc = subprocess.run([PYTHON, "-m", "adpo.export", "push", str(model), "--repo-id", "me/tiny-adpo"],
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_files(tmp_path / "hub" / "me" / "tiny-adpo", model)
+
+
 def test_hub_repo_name_defaults_to_model_data_and_run():
     from adpo.export import hub_repo_name
 
