@@ -37,7 +37,10 @@ def stage_main(config_name: str) -> Callable[[Callable[[DictConfig], object]], C
         @functools.wraps(run)
         def main() -> None:
             sys.argv[1:] = group_shorthand(sys.argv[1:])  # sweep=NAME is +sweep=NAME (adpo.help)
-            hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base=VERSION_BASE)(run)()
+            from adpo.stage_guard import guarded
+
+            hydra.main(config_path=str(conf_dir()), config_name=config_name,
+                       version_base=VERSION_BASE)(guarded(run, config_name))()
 
         return main
 
