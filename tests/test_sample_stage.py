@@ -115,6 +115,8 @@ def test_samples_are_graded_and_complete(sampled):
 
 
 def test_pairs_chosen_correct_rejected_from_most_frequent_wrong_group(sampled, arith_model):
+    from adpo.manifest import model_identity
+
     from adpo_data_prep.pairing import answer_key
 
     rows = shard_rows(sampled / "samples")
@@ -133,7 +135,8 @@ def test_pairs_chosen_correct_rejected_from_most_frequent_wrong_group(sampled, a
         top = max(wrong.values())
         assert wrong[answer_key(rejected["extracted"], "gsm8k")] == top
         assert p["prompt"] == f"Question: {p['question']}\nAnswer: "
-        assert p["provenance"]["model"] == str(arith_model)
+        assert p["provenance"]["model"] == model_identity(arith_model)  # name and content digest, no path
+        assert str(arith_model) not in json.dumps(p)
         assert p["provenance"]["sampling"]["temperature"] == 1.0
     questions_with_both = sum(any(r["correct"] for r in s) and any(not r["correct"] and r["extracted"] for r in s)
                               for s in by_question.values())
@@ -144,8 +147,12 @@ def test_pairs_chosen_correct_rejected_from_most_frequent_wrong_group(sampled, a
 
 
 def test_same_seed_gives_byte_identical_samples_and_pairs(sampled, arith_model, tmp_path):
+    """Another root, and the model copied elsewhere: the data files do not record where anything was."""
+    import shutil
+
+    moved = shutil.copytree(arith_model, tmp_path / "elsewhere" / arith_model.name)
     write_problems(tmp_path, 16)
-    sample_and_pair(tmp_path, arith_model)
+    sample_and_pair(tmp_path, moved)
     for a, b in zip(sorted((sampled / "samples").glob("shard-*.jsonl")), sorted((tmp_path / "samples").glob(
             "shard-*.jsonl")), strict=True):
         assert a.read_bytes() == b.read_bytes()

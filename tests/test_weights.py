@@ -105,6 +105,7 @@ def test_weights_stage_weights_every_response_token_in_unit_interval(weighted_ru
     from transformers import AutoTokenizer
 
     from adpo.data.tokenize import encode_pair
+    from adpo.models import vocabulary_id
 
     root, _, _ = weighted_run
     pairs_in = [json.loads(x) for x in (root / "pairs" / "pairs.jsonl").read_text().splitlines()]
@@ -114,7 +115,7 @@ def test_weights_stage_weights_every_response_token_in_unit_interval(weighted_ru
     truncated = 0
     for before, row in zip(pairs_in, rows, strict=True):
         assert {k: row[k] for k in before} == before  # the input pair is kept as it was
-        assert row["weights_tokenizer"] == str(tiny_model_dir)
+        assert row["weights_tokenizer"] == vocabulary_id(tok)  # the vocabulary, not where the model was
         for side in ("rejected", "chosen"):
             enc = encode_pair(tok, row["prompt"], row[side], prompt_format="plain", max_prompt_length=256,
                               max_length=40)

@@ -18,7 +18,7 @@ from adpo.config_diff import check_manifest
 from adpo.data.records import Problem
 from adpo.data.tokenize import within_length_limits
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
-from adpo.manifest import identity, is_complete, read_manifest, write_manifest
+from adpo.manifest import identity, is_complete, mark_running, model_identity, read_manifest, write_manifest
 from adpo.stage_results import pairability
 from adpo.tracking import log_stage_summary
 from adpo_data_prep.pairing import PairChoice, build_pairs, read_samples, sample_files
@@ -51,7 +51,7 @@ def provenance_base(cfg: DictConfig, samples_manifest: dict | None) -> dict[str,
     source = samples_manifest["config"] if samples_manifest else OmegaConf.to_container(cfg, resolve=True)
     model = source.get("model") or {}
     return {
-        "model": model.get("name_or_path"),
+        "model": model_identity(model["name_or_path"]) if model.get("name_or_path") else None,
         "sampling": source.get("sampling"),
         "sampling_seed": source.get("seed"),
         "pairing_seed": int(cfg.pairing.seed),
@@ -135,7 +135,7 @@ def run(cfg: DictConfig) -> Path:
         log.info("pairs: %s is complete for this config and these samples; nothing to do", output_dir)
         return output_dir / "pairs.jsonl"
     # Pairs of other samples or settings are never replaced: training runs and cDPO weights were made from them.
-    check_manifest(output_dir, made_for, cfg, inputs, option="paths.pairs")
+    check_manifest(output_dir, made_for, cfg, inputs, option="paths.pairs", unfinished_is_waste=True)
     samples_manifest = check_samples_finished(samples_dir)
 
     samples = read_samples(samples_dir)
@@ -158,6 +158,7 @@ def run(cfg: DictConfig) -> Path:
 
     summary = {**stats.summary(), "pairs_over_length_limits": count_over_length(cfg, rows)}
     output_dir.mkdir(parents=True, exist_ok=True)
+    mark_running(output_dir, "pairs", cfg, inputs, key=identity(cfg, "pairs"))
     atomic_write_jsonl(output_dir / "pairs.jsonl", rows)
     atomic_write_jsonl(output_dir / "question_stats.jsonl",
                        ({"problem_id": pid, **vars(q)} for pid, q in stats.per_question.items()))

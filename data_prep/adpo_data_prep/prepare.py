@@ -21,7 +21,7 @@ from adpo.config_diff import check_manifest
 from adpo.data.loaders import data_splits, load_problems, resolve_local_path, split_spec
 from adpo.data.records import write_problems
 from adpo.io import DataError
-from adpo.manifest import identity, is_complete, write_manifest
+from adpo.manifest import identity, is_complete, mark_running, write_manifest
 from adpo.tracking import log_stage_summary
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,19 @@ def run(cfg: DictConfig) -> Path:
         log.info("prepare: %s is complete, skipping", output_dir)
         return output_dir
     # Problems prepared from other data or settings are never replaced: the stages after them were made from them.
-    check_manifest(output_dir, made_for, cfg, inputs, option="paths.data")
+    check_manifest(output_dir, made_for, cfg, inputs, option="paths.data", unfinished_is_waste=True)
     splits = data_splits(cfg.data)
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise ValueError(f"data.splits may name only {SPLITS}, got {unknown}")
-    outputs = {}
-    for split in splits:
-        problems = load_problems(cfg.data, split)
+    # Every split read and checked before any file is touched: a bad test split leaves the old train.jsonl in place.
+    loaded = {split: load_problems(cfg.data, split) for split in splits}
+    for split, problems in loaded.items():
         if not problems:
             raise DataError(f"data split {split!r} of {cfg.data.name!r} has no problems")
+    mark_running(output_dir, "prepare", cfg, inputs, key=key)
+    outputs = {}
+    for split, problems in loaded.items():
         path = write_problems(output_dir / f"{split}.jsonl", problems)
         outputs[split] = {"file": path.name, "problems": len(problems)}
         if problems[0].dataset == "math":

@@ -29,7 +29,7 @@ from adpo.data.records import Problem, read_problems
 from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair, encode_prompt
 from adpo.io import atomic_directory, atomic_write_json
 from adpo.logprobs import DEFAULT_CHUNK_SIZE, completion_loss
-from adpo.manifest import config_hash, identity, is_complete, write_manifest
+from adpo.manifest import config_hash, identity, is_complete, mark_running, write_manifest
 from adpo.models import load_causal_lm, load_tokenizer
 from adpo.progress import Progress, progress_every
 from adpo_data_prep.toy.model import build_tiny_llama
@@ -149,6 +149,7 @@ def run(cfg: DictConfig) -> dict:
     problems = read_problems(data / "train.jsonl")
     ckpt = out / CHECKPOINT
     tokenizer, model, state = _start_or_resume(cfg, problems, ckpt, key)
+    mark_running(out, "sft", key, inputs)  # after the checkpoint's own check: a refused run changes nothing
     examples = encode_examples(problems, tokenizer, s, cfg.model)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("sft: %d train examples, %.2fM parameters, %d steps (resuming at %d)",

@@ -36,8 +36,8 @@ from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, file_sha25
 from adpo.logprobs import DEFAULT_CHUNK_SIZE
 from adpo_data_prep.lora_finetune import (SFTConfig, add_adapter, latest_checkpoint, load_adapter, remove_checkpoints,
                                           save_adapter, saved_adapter_info, train_adapter)
-from adpo.manifest import config_hash, identity, is_complete, write_manifest
-from adpo.models import load_causal_lm, load_tokenizer, lora_config, resolve_device
+from adpo.manifest import config_hash, identity, is_complete, mark_running, model_identity, write_manifest
+from adpo.models import load_causal_lm, load_tokenizer, lora_config, resolve_device, vocabulary_id
 from adpo_data_prep.pairing import Sample, read_samples, sample_files
 from adpo.progress import progress_every
 from adpo_data_prep.pairs import check_samples_finished, default_dataset, samples_inputs, training_prompt_builder
@@ -232,6 +232,8 @@ def run(cfg: DictConfig) -> Path:
     # Content, not the samples manifest: a sample stage rerun that only rewrote its manifest keeps the adapters.
     samples_fps = {p.name: file_sha256(p)[:16] for p in sample_files(samples_dir)}
     model, reports = build_adapters(model, cfg, sets, output_dir, samples_fps, pad_id, device, wandb_run)
+    # After the adapters, which check their own records: a refused run must leave the directory as it found it.
+    mark_running(output_dir, "weights", cfg, inputs, key=identity(cfg, "weights"))
 
     sides = ["rejected", "chosen"] if c.weight_chosen else ["rejected"]
     to_weight = {"rejected": rejected_weights, "chosen": chosen_weights}
@@ -243,13 +245,14 @@ def run(cfg: DictConfig) -> Path:
                                 chunk_size=c.get("logps_chunk_size", DEFAULT_CHUNK_SIZE))
         for row, p in zip(pairs, probs, strict=True):
             row[f"{side}_weights"] = [round(w, digits) for w in to_weight[side](p).tolist()]
+    vocabulary = vocabulary_id(tokenizer)
     for row in pairs:
-        row["weights_tokenizer"] = model_path
+        row["weights_tokenizer"] = vocabulary
 
     mean_rejected = sum(sum(r["rejected_weights"]) for r in pairs) / max(1, sum(len(r["rejected_weights"])
                                                                                   for r in pairs))
     summary = {"pairs": len(pairs), "mean_rejected_weight": mean_rejected, "lambda": float(c.lam),
-               "adapters": reports, "weights_tokenizer": model_path}
+               "adapters": reports, "weights_tokenizer": vocabulary, "model": model_identity(model_path)}
     atomic_write_jsonl(output_dir / "pairs.jsonl", pairs)
     atomic_write_json(output_dir / "weights_stats.json", summary)
     if wandb_run:

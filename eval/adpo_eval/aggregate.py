@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 
 from adpo.config import stage_main
 from adpo.io import DataError, atomic_write_text
-from adpo.manifest import identity, is_complete, write_manifest
+from adpo.manifest import identity, is_complete, mark_running, write_manifest
 from adpo.registry import stage as registered
 from adpo.tracking import init_wandb
 from adpo_eval.methods import Methods
@@ -73,6 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     paper, paper_note = paper_numbers(paper_path)
     notes = [paper_note] if paper_note else []
 
+    mark_running(out, "aggregate", cfg, inputs, key=key)
     sections = _introduction(cfg, runs, roots, group_by)
     shown, written, tables = _write_results(out, runs, group_by, paper, agg)
     sections += shown

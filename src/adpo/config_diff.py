@@ -115,14 +115,19 @@ def stored_config(record: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def check_manifest(output_dir: str | Path, made_for: Callable[[Any, Mapping[str, str]], Mapping[str, Any]], cfg: Any,
-                   inputs: Sequence[str | Path] = (), *, option: str | None = None) -> None:
+                   inputs: Sequence[str | Path] = (), *, option: str | None = None,
+                   unfinished_is_waste: bool = False) -> None:
     """Raise OutputConflict when output_dir's manifest (finished or running) was written for other work.
+
+    `unfinished_is_waste`: for stages that rewrite all their outputs from scratch (nothing resumable), an unfinished
+    run's leftovers are replaced whatever config made them, so that rerunning a command that worked before, after a
+    run with other settings failed there, redoes that work instead of being refused.
 
     `made_for(config, inputs)` says what a run with that config (a DictConfig, or a manifest's resolved config) and
     those input fingerprints ({path: fingerprint}) makes: it is applied to the manifest's record and to this run's
     `cfg` and `inputs` (paths), and the two are compared."""
     record = read_manifest(output_dir)
-    if record is None:
+    if record is None or (unfinished_is_waste and record.get("status") != "complete"):
         return
     config = stored_config(record)
     stored = None if config is None else made_for(config, record.get("inputs") or {})

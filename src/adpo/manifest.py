@@ -53,6 +53,32 @@ def identity(cfg: DictConfig, stage: str, also_not_hashed: Sequence[str] = ()) -
     return {"stage": stage, "config": data, **({"version": version} if version else {})}
 
 
+# Files above this size are identified by their size, first and last chunks: hashing a 16 GB checkpoint whole would
+# cost the pairs stage minutes for a record that only has to tell models apart.
+WHOLE_HASH_LIMIT = 1 << 30
+EDGE_BYTES = 16 << 20
+
+
+def model_identity(name_or_path: str | Path) -> dict[str, str]:
+    """What a data file records of the model it came from: never where it was (two roots must write the same bytes).
+    A local directory: its name and a digest of its files' names and contents; anything else (a hub id): the name."""
+    path = Path(str(name_or_path))
+    if not path.is_dir():
+        return {"name": str(name_or_path)}
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        size = file.stat().st_size
+        if size <= WHOLE_HASH_LIMIT:
+            digest.update(file_sha256(file).encode())
+        else:
+            with file.open("rb") as f:
+                head = f.read(EDGE_BYTES)
+                f.seek(size - EDGE_BYTES)
+                digest.update(f"{size}:".encode() + hashlib.sha256(head + f.read()).hexdigest().encode())
+    return {"name": path.name, "sha256": digest.hexdigest()[:16]}
+
+
 def fingerprint(path: str | Path) -> str:
     """A stage directory is identified by its manifest; a plain file by its content; anything else by its name."""
     path = Path(path)
@@ -85,6 +111,14 @@ def write_manifest(
         "config": resolved,
     }
     return atomic_write_json(output_dir / MANIFEST, record)
+
+
+def mark_running(output_dir: str | Path, stage: str, cfg: DictConfig | Mapping[str, Any],
+                 inputs: Sequence[str | Path] = (), key: Mapping[str, Any] | None = None) -> Path:
+    """Called by a stage once it knows the directory is its own (after its conflict check) and before it touches any
+    output: a manifest left complete by an earlier run now says "running", so that a stage that fails half-way never
+    leaves old and new files side by side under a manifest a rerun would trust and skip."""
+    return write_manifest(output_dir, stage, cfg, inputs, status="running", key=key)
 
 
 def read_manifest(output_dir: str | Path) -> dict | None:

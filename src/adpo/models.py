@@ -115,6 +115,19 @@ def load_policy(name_or_path: str | Path, *, dtype: str | torch.dtype | None = "
     return model if device is None else model.to(resolve_device(device))
 
 
+VOCABULARY_ID = "vocab-sha256:"
+
+
+def vocabulary_id(tokenizer) -> str:
+    """The tokenizer's vocabulary as a short digest: cDPO weights made with one tokenizer line up with a policy whose
+    vocabulary has the same digest, wherever either lives (a path would tie the pairs file to one machine)."""
+    import hashlib
+    import json
+
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return VOCABULARY_ID + hashlib.sha256(vocab.encode()).hexdigest()[:16]
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, *, local_files_only: bool = False):
     from transformers import AutoTokenizer
 

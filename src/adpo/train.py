@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from adpo.config import stage_main
-from adpo.manifest import identity, is_complete, write_manifest
+from adpo.manifest import identity, is_complete, mark_running, write_manifest
 from adpo.training.pairs_data import PAIRS_FILE
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,11 @@ def run(cfg: DictConfig) -> dict | None:
     if is_complete(output_dir, identity(cfg, "train"), _inputs(cfg)):
         log.info("train: %s is complete, skipping", output_dir)
         return None
-    from adpo.training.loop import train
+    from adpo.training.loop import refuse_other_work, train
 
+    refuse_other_work(cfg, output_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        mark_running(output_dir, "train", cfg, _inputs(cfg), key=identity(cfg, "train"))
     summary = train(cfg)
     if summary["rank"] == 0:
         write_manifest(output_dir, "train", cfg, _inputs(cfg), key=identity(cfg, "train"),

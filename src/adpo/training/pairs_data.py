@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair
 from adpo.io import DataError, iter_jsonl, require_field
-from adpo.models import load_tokenizer
+from adpo.models import VOCABULARY_ID, load_tokenizer, vocabulary_id
 
 PAIRS_FILE = "pairs.jsonl"
 
@@ -199,6 +199,13 @@ def check_weights_tokenizer(records: Sequence[PairRecord], tokenizer: PreTrained
     for rec in records:
         name = rec.weights_tokenizer
         if name is None or name == model_name or name in seen:
+            continue
+        if name.startswith(VOCABULARY_ID):  # what the weights stage writes: the vocabulary's digest
+            if name != vocabulary_id(tokenizer):
+                raise DataError(f"{rec.where}: field 'weights_tokenizer' is {name!r}, but the policy's tokenizer "
+                                f"({model_name!r}) has vocabulary {vocabulary_id(tokenizer)}: recompute the weights "
+                                "with this model")
+            seen[name] = True
             continue
         if Path(name).resolve() == Path(model_name).resolve():
             seen[name] = True
