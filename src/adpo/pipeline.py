@@ -313,6 +313,11 @@ class Runner:
 def run(cfg: DictConfig, cli_overrides: Sequence[str] | None = None) -> list[tuple[str, str]]:
     if cli_overrides is None:
         cli_overrides = _hydra_overrides()
+    if not cfg.pipeline.dry_run:
+        from adpo.wandb_check import preflight
+
+        if preflight(cfg):  # wandb online unusable, fallback_offline: every stage offline, none retrying
+            cli_overrides = [*cli_overrides, "wandb.mode=offline"]
     steps = plan(cfg, cli_overrides)
     print(f"[pipeline] {cfg.experiment_name}: {len(steps)} stages under {cfg.paths.root}", flush=True)
     if cfg.pipeline.dry_run:
