@@ -43,7 +43,10 @@ def result_line(stage: str, outputs: Mapping[str, Any]) -> str | None:
     if stage == "train" and outputs.get("final_metrics"):
         m = outputs["final_metrics"]
         held = f", held-out loss {m['eval/loss']:.4f}" if "eval/loss" in m else ""
-        return f"{outputs.get('steps')} steps, final loss {m.get('loss', float('nan')):.4f}{held}"
+        left_out = {reason: n for reason, n in (outputs.get("pairs_dropped") or {}).items() if n}
+        left = (f"; {sum(left_out.values())} pairs left out ({', '.join(f'{n} {r}' for r, n in left_out.items())})"
+                if left_out else "")
+        return f"{outputs.get('steps')} steps, final loss {m.get('loss', float('nan')):.4f}{held}{left}"
     if stage == "eval" and "accuracy" in outputs:
         return f"accuracy {outputs['accuracy']:.1%} on {outputs.get('total')} problems"
     return None

@@ -4,7 +4,10 @@ and the cDPO weights stage share, so that per-token weights line up with the tok
 prompt ids   = tokenizer(prompt) with the tokenizer's special tokens (BOS) for plain prompts, none for chat prompts
                (a rendered chat template already carries them); left-truncated to max_prompt_length.
 response ids = tokenizer(response, no special tokens) + [eos]; right-truncated so prompt + response <= max_length
-               (a truncated response loses its EOS, as it was cut before the model ended it).
+               (a truncated response loses its EOS, as it was cut before the model ended it). A prompt that leaves
+               no room (max_prompt_length null, or not below max_length) still keeps one response token, so that the
+               shapes hold; the train stage leaves such pairs out (adpo.training.pairs_checks). EncodedResponse
+               records how many tokens each side lost, for those checks and the counts in the train manifest.
 batch        = collate_responses: right-padded, so every row's tokens keep the positions they have alone.
 """
 
@@ -26,6 +29,8 @@ PROMPT_FORMATS = ("plain", "chat")
 class EncodedResponse:
     prompt_ids: list[int]
     response_ids: list[int]
+    prompt_cut: int = 0  # tokens cut from the prompt's left by max_prompt_length
+    response_cut: int = 0  # tokens cut from the response's right by max_length
 
     @property
     def input_ids(self) -> list[int]:
@@ -37,9 +42,11 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, prompt_format
     if prompt_format not in PROMPT_FORMATS:
         raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
     ids = tokenizer(prompt, add_special_tokens=prompt_format == "plain")["input_ids"]
-    if max_prompt_length is not None and len(ids) > max_prompt_length:
-        ids = ids[len(ids) - max_prompt_length:]
-    return list(ids)
+    return _cut_left(list(ids), max_prompt_length)
+
+
+def _cut_left(ids: list[int], limit: int | None) -> list[int]:
+    return ids if limit is None or len(ids) <= limit else ids[len(ids) - limit:]
 
 
 def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
@@ -51,12 +58,15 @@ def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[i
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *, prompt_format: str = "plain",
                 max_prompt_length: int | None = None, max_length: int | None = None) -> EncodedResponse:
-    prompt_ids = encode_prompt(tokenizer, prompt, prompt_format, max_prompt_length)
+    whole_prompt = encode_prompt(tokenizer, prompt, prompt_format)
+    prompt_ids = _cut_left(whole_prompt, max_prompt_length)
     response_ids = encode_response(tokenizer, response)
+    whole_response = len(response_ids)
     if max_length is not None:
         room = max(max_length - len(prompt_ids), 1)
         response_ids = response_ids[:room]
-    return EncodedResponse(prompt_ids, response_ids)
+    return EncodedResponse(prompt_ids, response_ids, prompt_cut=len(whole_prompt) - len(prompt_ids),
+                           response_cut=whole_response - len(response_ids))
 
 
 LENGTH_POLICIES = ("truncate", "drop")  # train.length_policy: what happens to pairs over the limits below

@@ -1,6 +1,7 @@
 """Training: pairs -> cached reference log-probs -> DeepSpeed engine -> policy.
 
     pairs_data   read/validate pairs.jsonl, tokenise (adpo.data.tokenize.encode_pair), collate PairBatch (make_batch)
+    pairs_checks degenerate and repeated pairs left out and counted (none left: refused), truncation counted
     reference    per-token reference log-probs, computed once (sharded over ranks) and cached beside the pairs
     engine       process group, DeepSpeed config, LoRA applied (adpo.models builds its config), optimizer + schedule
     step         MethodSpec, compute_loss, train_step: one optimizer step, reusable outside the stage

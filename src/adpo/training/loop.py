@@ -27,8 +27,9 @@ from adpo.manifest import config_hash, identity
 from adpo.models import load_causal_lm, load_tokenizer
 from adpo.progress import Progress, progress_every
 from adpo.training import checkpoint, engine as eng
+from adpo.training.pairs_checks import checked_pairs
 from adpo.training.pairs_data import (PAIRS_FILE, PairBatch, TokenizedPair, check_weights_tokenizer, make_batch,
-                                      read_pairs, tokenize_pairs)
+                                      read_pairs)
 from adpo.training.heldout import evaluate_heldout, heldout_batches, heldout_mask
 from adpo.training.preemption import StopRequest
 from adpo.training.reference import ReferenceLogps, cache_key, model_fingerprint, reference_logps
@@ -141,6 +142,7 @@ class TrainingSetup:
     logps_chunk_size: int | None = DEFAULT_CHUNK_SIZE
     heldout_pairs: list[TokenizedPair] = field(default_factory=list)  # never trained on (train.heldout_pairs)
     heldout_reference: list = field(default_factory=list)
+    pairs_checks: dict = field(default_factory=dict)  # pairs_dropped / pairs_truncated counts (pairs_checks)
 
     def _batch(self, pairs: list[TokenizedPair], reference: list) -> PairBatch:
         return make_batch(pairs, reference, self.tokenizer.pad_token_id, use_weights=self.method.use_weights,
@@ -189,7 +191,8 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     records = read_pairs(pairs_path, use_weights=method.use_weights)
     if method.use_weights:
         check_weights_tokenizer(records, tokenizer, str(mcfg.name_or_path))
-    pairs = tokenize_pairs(records, tokenizer, **tokenization)
+    # Degenerate and repeated pairs are left out (none left: refused) before the reference pass, on every rank alike.
+    records, pairs, checks = checked_pairs(pairs_path, records, tokenizer, **tokenization)
     length_policy = str(tcfg.get("length_policy", "truncate"))
     if length_policy not in LENGTH_POLICIES:
         raise ValueError(f"train.length_policy must be one of {LENGTH_POLICIES}, got {length_policy!r}")
@@ -197,6 +200,8 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
     keep = ([within_length_limits(tokenizer, r.prompt, (r.chosen, r.rejected), **tokenization) for r in records]
             if length_policy == "drop" else [True] * len(pairs))
     dropped = keep.count(False)
+    if eng.env_rank() == 0:
+        checks.log_findings(keep)
     kept_prompts = [r.prompt for r, k in zip(records, keep) if k]
     held = heldout_mask(kept_prompts, int(tcfg.get("heldout_pairs") or 0), int(tcfg.seed)) if kept_prompts else []
     if dropped:
@@ -275,7 +280,8 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
                          total_steps=total_steps, ds_config=ds_config, model_kwargs=model_kwargs, lora=lora,
                          engine=engine, rank=rank, world=world, device=device, progress=progress,
                          hf_deepspeed_config=hf_ds_config, logps_chunk_size=chunk_size,
-                         heldout_pairs=heldout_pairs, heldout_reference=heldout_reference)
+                         heldout_pairs=heldout_pairs, heldout_reference=heldout_reference,
+                         pairs_checks=checks.manifest_outputs(keep))
 
 
 def train(cfg: DictConfig) -> dict:
@@ -382,6 +388,6 @@ def train(cfg: DictConfig) -> dict:
         wandb_run.finish()
     return {"rank": rank, "world_size": world, "steps": total_steps, "pairs": len(setup.pairs),
             "pairs_held_out": len(setup.heldout_pairs),
-            "pairs_dropped_over_length": setup.pairs_dropped,
+            "pairs_dropped_over_length": setup.pairs_dropped, **setup.pairs_checks,
             "reference_cache": str(setup.reference_cache), "final_metrics": last,
             "deepspeed": OmegaConf.to_container(OmegaConf.create(setup.ds_config))}

@@ -43,6 +43,7 @@ class TokenizedPair:
     rejected_ids: list[int]
     chosen_weights: list[float] | None = None
     rejected_weights: list[float] | None = None
+    cut: tuple[int, int, int] = (0, 0, 0)  # tokens truncation removed from the prompt, chosen, rejected
 
     @property
     def num_tokens(self) -> int:
@@ -121,7 +122,8 @@ def tokenize_pairs(records: Sequence[PairRecord], tokenizer: PreTrainedTokenizer
                     "the weights were computed with another tokenizer or other tokenisation settings"
                 )
         out.append(TokenizedPair(chosen.prompt_ids, chosen.response_ids, rejected.response_ids,
-                                 rec.chosen_weights, rec.rejected_weights))
+                                 rec.chosen_weights, rec.rejected_weights,
+                                 cut=(chosen.prompt_cut, chosen.response_cut, rejected.response_cut)))
     return out
 
 
