@@ -25,7 +25,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import get_linear_schedule_with_warmup
 
 from adpo.data.tokenize import EncodedResponse, collate_responses
-from adpo.io import atomic_write_json
+from adpo.io import atomic_write_json, follow_umask
 from adpo.logprobs import DEFAULT_CHUNK_SIZE, completion_loss
 from adpo.progress import Progress
 
@@ -91,6 +91,7 @@ def save_adapter(model: PeftModel, name: str, path: str | Path, info: dict) -> P
         model.save_pretrained(tmp, selected_adapters=[name])
         saved = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)  # "default" saves at the top
         atomic_write_json(saved / TRAIN_INFO, info)
+        follow_umask(saved)  # a 0700 temporary directory and 0600 safetensors otherwise
         if path.exists():
             shutil.rmtree(path)
         os.replace(saved, path)
@@ -128,6 +129,7 @@ def save_checkpoint(directory: Path, step: int, info: dict, state: dict) -> Path
             f.flush()
             os.fsync(f.fileno())
         atomic_write_json(tmp / CHECKPOINT_INFO, info)
+        follow_umask(tmp)  # mkdtemp made it 0700
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

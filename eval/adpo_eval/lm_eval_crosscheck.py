@@ -48,6 +48,7 @@ from adpo.data.prompts import build_prompt, exemplars, stop_sequences
 from adpo.data.records import Problem, read_problems
 from adpo.grading.core import grade
 from adpo.grading.extract import parse_number
+from adpo.io import iter_jsonl, require_field
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "outputs/quickstart/toy/tiny/base_model/model"
@@ -356,12 +357,14 @@ def gsm8k_solution_texts(problems: Sequence[Problem], style: str) -> dict[str, s
 def prediction_texts(path: Path) -> tuple[list[Problem], dict[str, str]]:
     """(problems, outputs) of an eval stage's predictions.jsonl (GSM8K rows only)."""
     problems, texts = [], {}
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
+    for lineno, r in iter_jsonl(path, require="predictions"):
         if r.get("dataset", "gsm8k") != "gsm8k":
             continue
-        problems.append(Problem(id=r["id"], dataset="gsm8k", question=r["question"], gold=r["gold"]))
-        texts[r["id"]] = r["output"]
+        where = f"{path}:{lineno}"
+        pid = str(require_field(r, "id", (str, int), where))
+        problems.append(Problem(id=pid, dataset="gsm8k", question=require_field(r, "question", str, where),
+                                gold=require_field(r, "gold", str, where)))
+        texts[pid] = require_field(r, "output", str, where)
     return problems, texts
 
 

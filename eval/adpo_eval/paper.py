@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from adpo.config import conf_dir
-from adpo.io import DataError
+from adpo.io import DataError, iter_csv
 
 # The paper's dataset names -> the test sets they were measured on (method.md, "Evaluation").
 PAPER_TEST_SETS = {"GSM8K": "GSM8K", "MATH": "MATH-500"}
@@ -36,17 +36,22 @@ def our_granularity(granularity: str) -> str:
 
 
 def read_paper_numbers(path: Path) -> pd.DataFrame:
-    """One row per number, in the file's order (which is the paper's row order), in our spellings."""
-    frame = pd.read_csv(path)
-    if "table" not in frame.columns:  # a file of the main table only
-        frame["table"] = "main"
-    missing = set(COLUMNS) - set(frame.columns)
-    if missing:
-        raise DataError(f"{path}: needs columns {COLUMNS}, lacks {sorted(missing)}")
-    frame = frame[COLUMNS].copy()
+    """One row per number, in the file's order (which is the paper's row order), in our spellings; a bad row raises
+    DataError naming the file, the line and the column."""
+    rows = []
+    for lineno, row in iter_csv(path, require="the paper's numbers"):
+        row.setdefault("table", "main")  # a file of the main table only
+        missing = set(COLUMNS) - set(row)
+        if missing:
+            raise DataError(f"{path}: needs columns {COLUMNS}, lacks {sorted(missing)}")
+        try:
+            row["accuracy"] = float(row["accuracy"])
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: field 'accuracy' must be a number, got {row['accuracy']!r}") from None
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["granularity"] = frame["granularity"].astype(str).map(our_granularity)
     frame["dataset"] = frame["dataset"].map(lambda d: PAPER_TEST_SETS.get(d, d))
-    frame["accuracy"] = frame["accuracy"].astype(float)
     return frame.reset_index(drop=True)
 
 

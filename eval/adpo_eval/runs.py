@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adpo.io import DataError, iter_jsonl
+from adpo.io import DataError, iter_jsonl, read_json_object, require_field
 from adpo.manifest import read_manifest
 from adpo_eval.methods import BASE_MODEL, DISPLAY_KEYS, MethodInfo, method_info
 
@@ -129,18 +129,15 @@ def load_run(path: Path) -> tuple[EvalRun | None, str | None]:
     correct: dict[str, float] = {}
     predictions = path / "predictions.jsonl"
     if predictions.is_file():
-        for lineno, row in iter_jsonl(predictions):
-            if "id" not in row or "correct" not in row:
-                missing = "id" if "id" not in row else "correct"
-                raise DataError(f"{predictions}:{lineno}: missing field '{missing}'")
-            correct[str(row["id"])] = float(bool(row["correct"]))
-    metrics = json.loads((path / "metrics.json").read_text())
+        for lineno, row in iter_jsonl(predictions, require="predictions"):
+            where = f"{predictions}:{lineno}"
+            problem_id = require_field(row, "id", (str, int), where)
+            correct[str(problem_id)] = float(bool(require_field(row, "correct", (bool, int), where)))
+    metrics = read_json_object(path / "metrics.json")
     if correct:
         accuracy = 100.0 * sum(correct.values()) / len(correct)
     else:
-        if "accuracy" not in metrics:
-            raise DataError(f"{path / 'metrics.json'}: missing field 'accuracy'")
-        value = float(metrics["accuracy"])
+        value = float(require_field(metrics, "accuracy", (int, float), str(path / "metrics.json")))
         accuracy = 100.0 * value if value <= 1.0 else value
     problems = len(correct) or metrics.get("n_problems") or metrics.get("total")
     seed = cfg.get("seed")

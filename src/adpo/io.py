@@ -1,29 +1,54 @@
-"""Files that are never half-written, and JSONL that fails loudly with file, line and field."""
+"""Files that are never half-written and get the modes the umask gives; input files (JSONL, JSON, CSV) read so that
+every problem in them fails loudly with file, line and field."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from io import StringIO
 from pathlib import Path
 from typing import IO, Any
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
+class DataError(ValueError):
+    """A malformed input file; the message names the file, the line and the field."""
+
+
+# --- modes: what the umask gives, whatever the writer ----------------------------------------------------------------
+
+def current_umask() -> int:
+    """The process umask, read at each call (a job may set its own); from /proc where there is one, because
+    os.umask can only be read by setting it, and a file another thread created in between would get the wrong mode."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 
 
-_UMASK = _current_umask()
-
-
-class DataError(ValueError):
-    """A malformed input file; the message names the file, the line and the field."""
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give `root` and everything under it the modes a plain mkdir()/open() would have given: 0o777 / 0o666 (plus
+    any execute bits a file has) minus the umask. Libraries that write through temporary files ignore the umask:
+    mkdtemp makes 0700 directories, and safetensors >= 0.8 writes every weights file as 0600 (tempfile + rename,
+    safetensors/safetensors#782), which would leave a model other users of a shared cluster cannot load."""
+    umask = current_umask()
+    for dirpath, _, filenames in os.walk(root):  # symlinked directories are not entered (followlinks=False)
+        os.chmod(dirpath, 0o777 & ~umask)
+        for name in filenames:
+            file = os.path.join(dirpath, name)
+            mode = os.lstat(file).st_mode
+            if stat.S_ISREG(mode):  # never chmod through a symlink: its target may be anyone's file
+                os.chmod(file, (0o666 | (mode & 0o111)) & ~umask)
 
 
 @contextlib.contextmanager
@@ -32,7 +57,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs are meant to be shared and inspected
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs are meant to be shared and inspected
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
@@ -67,12 +92,16 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `path` whole, on failure it is removed."""
+    """Yield a temporary sibling directory; on success it replaces `path` whole, on failure it is removed.
+
+    What ends up at `path` has the modes the umask gives (follow_umask), whichever library wrote the files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
         yield tmp
+        follow_umask(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -86,14 +115,89 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object raises DataError."""
+# --- reading: every problem names the file and the line -------------------------------------------------------------
+
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """`path` opened for reading (binary: decode_line decodes each line so that a bad byte is placed by line and
+    column); a missing file, a directory or an unreadable file raises DataError naming it."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    with f:
+        yield f
+
+
+def _utf8_error(path: Path, lineno: int, line: bytes, start: int) -> DataError:
+    """`line[start]` is the first byte that is not UTF-8."""
+    column = len(line[:start].decode("utf-8")) + 1  # in characters: all before the first bad byte decode
+    return DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{line[start]:02x} at column {column}); "
+                     "save the file as UTF-8")
+
+
+def decode_line(path: Path, lineno: int, line: bytes) -> str:
+    """One line of `path` as text; bytes that are not UTF-8 raise DataError naming file, line and column."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _utf8_error(path, lineno, line, e.start) from None
+    return text.removeprefix("\ufeff") if lineno == 1 else text  # a byte-order mark some editors write
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole text file (UTF-8), with open_input's and decode_line's errors."""
+    path = Path(path)
+    with open_input(path) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        start = data.rfind(b"\n", 0, e.start) + 1
+        end = data.find(b"\n", e.start)
+        raise _utf8_error(path, lineno, data[start:] if end < 0 else data[start:end], e.start - start) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's value; bad bytes or bad JSON raise DataError naming the file and the line."""
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """read_json of a file that must hold one JSON object (a manifest, metrics, a record)."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _no_rows(path: Path, saw_blank: bool, rows: str, layout: str) -> DataError:
+    what = "only blank lines" if saw_blank else "empty file"
+    return DataError(f"{path}: {what}, expected {rows} ({layout})")
+
+
+def iter_jsonl(path: str | os.PathLike, *, require: str | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a line that is not UTF-8 or not a JSON object raises DataError
+    naming file and line. With `require` (what the rows are, e.g. "problems"), a file without a row is an error
+    naming the file, raised once the file has been read to its end."""
+    path = Path(path)
+    seen = blank = False
+    with open_input(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = decode_line(path, lineno, raw)
             if not line.strip():
+                blank = True
                 continue
             try:
                 obj = json.loads(line)
@@ -101,7 +205,37 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            seen = True
             yield lineno, obj
+    if require and not seen:
+        raise _no_rows(path, blank, require, "one JSON object per line")
+
+
+def iter_csv(path: str | os.PathLike, *, require: str | None = None) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {column: value}) for each row of a CSV file with a header line; a row with more or fewer fields
+    than the header raises DataError naming file and line, and so does (with `require`) a file without rows."""
+    path = Path(path)
+    text = read_text(path)
+    reader = csv.reader(StringIO(text, newline=""))
+    header: list[str] | None = None
+    seen = False
+    try:
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = row
+            elif len(row) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}")
+            else:
+                seen = True
+                yield reader.line_num, dict(zip(header, row))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+    if header is None:
+        raise _no_rows(path, bool(text), require or "a header line", "comma-separated, a header line first")
+    if require and not seen:
+        raise DataError(f"{path}: no rows under the header, expected {require}")
 
 
 def require_field(obj: Mapping[str, Any], field: str, kind: type | tuple[type, ...], where: str,

@@ -110,7 +110,7 @@ def read_jsonl_problems(path: str | Path, dataset: str, split: str, name: str | 
     path = resolve_local_path(path)
     prefix = name or dataset
     problems = []
-    for index, (lineno, row) in enumerate(iter_jsonl(path)):
+    for index, (lineno, row) in enumerate(iter_jsonl(path, require="problems")):
         if limit is not None and index >= limit:
             break
         problems.append(problem_from_row(dataset, row, f"{prefix}-{split}-{index:05d}", f"{path}:{lineno}"))
@@ -146,11 +146,18 @@ def read_hub_problems(path: str, dataset: str, split: str, source_split: str | N
     prefix = name or dataset
     problems: list[Problem] = []
     for cfg_name in configs:
+        origin = f"{path}{'/' + cfg_name if cfg_name else ''}[{source_split}]"
+        rows = 0
         for row_index, row in enumerate(_hub_rows(path, cfg_name, source_split)):
+            rows += 1
             if limit is not None and len(problems) >= limit:
                 break
-            where = f"{path}{'/' + cfg_name if cfg_name else ''}[{source_split}] row {row_index}"
-            problems.append(problem_from_row(dataset, row, f"{prefix}-{split}-{len(problems):05d}", where))
+            if not isinstance(row, Mapping):
+                raise DataError(f"{origin} row {row_index}: expected a record of fields, got {type(row).__name__}")
+            problems.append(problem_from_row(dataset, row, f"{prefix}-{split}-{len(problems):05d}",
+                                             f"{origin} row {row_index}"))
+        if not rows:
+            raise DataError(f"{origin}: no rows, expected problems")
     return _check_unique(problems, f"{path}[{source_split}]")
 
 

@@ -52,5 +52,6 @@ def write_problems(path: str | Path, problems: list[Problem]) -> Path:
 
 
 def read_problems(path: str | Path) -> list[Problem]:
-    """Problems from a prepared JSONL file; a malformed line raises DataError naming file, line and field."""
-    return [Problem.from_dict(obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path)]
+    """Problems from a prepared JSONL file; a malformed line (or a file without problems) raises DataError naming
+    file, line and field."""
+    return [Problem.from_dict(obj, f"{path}:{lineno}") for lineno, obj in iter_jsonl(path, require="problems")]
