@@ -42,7 +42,8 @@ def run_cli(root: Path, model: Path, data: Path, *overrides: str) -> subprocess.
 
 
 def eval_dir(root: Path) -> Path:
-    (out,) = (root / "eval").iterdir()
+    # Hidden entries are not runs: a killed run leaves its lock file (.<run>.lock, adpo.run_lock) beside its directory.
+    (out,) = (p for p in (root / "eval").iterdir() if not p.name.startswith("."))
     return out
 
 
