@@ -251,7 +251,7 @@ def test_pairs_stats_count_the_pairs_over_the_models_length_limits(tmp_path, tin
 
     over = tmp_path / "over"
     proc = run_pairs_cli(tmp_path, f"model.name_or_path={tiny_model_dir}", f"model.max_length={lengths[-1]}",
-                         f"paths.pairs={over}")
+                         "model.max_prompt_length=null", f"paths.pairs={over}")
     assert proc.returncode == 0, proc.stderr
     assert "pairs_over_length_limits" in proc.stdout
     assert json.loads((over / "stats.json").read_text())["pairs_over_length_limits"] == lengths.count(lengths[-1])

@@ -250,7 +250,8 @@ def test_cdpo_official_drops_pairs_over_the_limits_and_decays_the_lr_linearly(wo
     write_pairs(weighted / "pairs.jsonl", n=24, seed=2, weights_tokenizer=tok, max_length=max_length)
     out = root / "cdpo_official"
     run_train(train_overrides(root, tiny_model_dir, weighted, out, "method=cdpo_official",
-                              f"model.max_length={max_length}", "model.max_prompt_length=256", "train.max_steps=10",
+                              f"model.max_length={max_length}", f"model.max_prompt_length={max_length - 1}",
+                              "train.max_steps=10",
                               "train.log_every=1", "train.lr=1e-3", "train.warmup_ratio=0.2",
                               "train.gradient_accumulation_steps=1"))
     summary = json.loads((out / "manifest.json").read_text())["outputs"]

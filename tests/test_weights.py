@@ -95,7 +95,8 @@ def weighted_run(tmp_path_factory, tiny_model_dir):
     pairs.run(compose("pairs", stage_overrides(root, tiny_model_dir, "pairing.pairs_per_question=2")))
     # max_length 40 cuts the longer responses: weights must follow the truncated tokens. A few optimizer steps at
     # lr 3e-4 barely move a fresh LoRA adapter (B starts at 0); a larger lr makes the training visible here.
-    overrides = ("model.max_length=40", "criticality.weight_chosen=true", "criticality.sft.batch_size=4",
+    overrides = ("model.max_length=40", "model.max_prompt_length=null", "criticality.weight_chosen=true",
+                 "criticality.sft.batch_size=4",
                  "criticality.sft.lr=0.02", "criticality.sft.epochs=2")
     proc = run_stage("weights", root, tiny_model_dir, *overrides)
     return root, proc, overrides
@@ -117,7 +118,7 @@ def test_weights_stage_weights_every_response_token_in_unit_interval(weighted_ru
         assert {k: row[k] for k in before} == before  # the input pair is kept as it was
         assert row["weights_tokenizer"] == vocabulary_id(tok)  # the vocabulary, not where the model was
         for side in ("rejected", "chosen"):
-            enc = encode_pair(tok, row["prompt"], row[side], prompt_format="plain", max_prompt_length=256,
+            enc = encode_pair(tok, row["prompt"], row[side], prompt_format="plain", max_prompt_length=None,
                               max_length=40)
             weights = row[f"{side}_weights"]
             assert len(weights) == len(enc.response_ids)
@@ -148,7 +149,7 @@ def test_adapters_are_saved_and_trained(weighted_run, tiny_model_dir):
     row = json.loads((out / "pairs.jsonl").read_text().splitlines()[0])
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
-    enc = encode_pair(tok, row["prompt"], row["rejected"], max_prompt_length=256, max_length=40)
+    enc = encode_pair(tok, row["prompt"], row["rejected"], max_prompt_length=None, max_length=40)
     with torch.no_grad():
         logits = model(torch.tensor([enc.input_ids])).logits[0, len(enc.prompt_ids) - 1: -1]
     base_probs = torch.softmax(logits, -1).gather(-1, torch.tensor(enc.response_ids)[:, None])[:, 0]
@@ -201,7 +202,7 @@ def test_train_stage_consumes_the_weighted_pairs(weighted_run, tiny_model_dir, m
     """The weights stage's real output trains under the weighted methods, and the weights (not all 1) change the
     training, which the unweighted method on the same pairs shows."""
     root, _, weight_overrides = weighted_run
-    max_length = [o for o in weight_overrides if o.startswith("model.max_length=")]
+    max_length = [o for o in weight_overrides if o.startswith(("model.max_length=", "model.max_prompt_length="))]
     common = ("train=tiny", "deepspeed=zero0", "train.max_steps=2", "train.log_every=1", *max_length)
     run_stage("train", root, tiny_model_dir, f"method={method}", f"output_dir={root / method}", *common)
     unweighted = "dpo" if method == "cdpo" else "adpo"

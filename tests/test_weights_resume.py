@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 # 24 wrong and 12 correct unique samples; 3 per batch, 3 batches per optimizer step: 8 batches an epoch, in steps of
 # 3, 3 and 2 batches (an epoch ends in a short accumulation). The negative adapter trains 3 x 16 = 48 steps and is
 # checkpointed every 2; LoRA dropout is on, so the resumed run must also continue the same random state.
-OVERRIDES = ("model.max_length=40", "criticality.weight_chosen=true", "criticality.sft.batch_size=3",
+OVERRIDES = ("model.max_length=40", "model.max_prompt_length=null", "criticality.weight_chosen=true",
+             "criticality.sft.batch_size=3",
              "criticality.sft.grad_accum=3", "criticality.sft.epochs=16", "criticality.sft.lr=0.02",
              "criticality.lora.dropout=0.1", "criticality.save_every=2")
 KILL_AT_STEP = 4  # at least this checkpoint of the negative adapter exists when the run is killed (past epoch 0)

@@ -37,6 +37,7 @@ from adpo.registry import stage_names
 from adpo.run_dirs import PlannedJob, output_dir_of, plan_output_dirs, refuse_shared_output_dirs
 from adpo.stage_results import result_line
 from adpo.tracking import BASE_RUN
+from adpo.validation import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,9 @@ class _Composer:
         key = (stage, tuple(overrides))
         if key not in self.configs:
             self.configs[key] = compose(registered(stage).config, overrides)
+            # Every step's settings checked here, so that a bad run fails the plan before the first stage starts.
+            validate_config(self.configs[key], registered(stage).config,
+                            f"the pipeline's {stage} step ({' '.join(overrides) or 'no overrides'})")
         return self.configs[key]
 
 

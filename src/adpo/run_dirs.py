@@ -52,10 +52,14 @@ def distinct_output_dirs(stage: str, jobs: list[list[str]], compose: Compose) ->
 
 
 def plan_output_dirs(stage: str, jobs: Sequence[Sequence[str]], compose: Compose, *,
-                     explain: Callable[[str], None] | None = None, first_index: int = 0) -> list[PlannedJob]:
+                     explain: Callable[[str], None] | None = None, first_index: int = 0,
+                     validate: Callable[[list[PlannedJob]], None] | None = None) -> list[PlannedJob]:
     """As distinct_output_dirs, keeping each job's composed config and directory; `explain` gets one line per group
-    of jobs that was tagged, saying why. Jobs are numbered from first_index in messages (as a launcher numbers them)."""
+    of jobs that was tagged, saying why. Jobs are numbered from first_index in messages (as a launcher numbers them).
+    `validate` sees every job's config first (a launcher's settings check, adpo.validation.validate_jobs)."""
     planned = [compose_job(list(job), compose) for job in jobs]
+    if validate is not None:
+        validate(planned)
     for directory, members in shared_dirs(planned).items():
         tags = run_tags([planned[i] for i in members])
         tagged = [compose_job([*planned[i].overrides, f"{TAG_KEY}={tag}"], compose) for i, tag in zip(members, tags)]

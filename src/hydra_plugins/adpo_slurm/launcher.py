@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from adpo.registry import STAGES
 from adpo.io import atomic_write_text
 from adpo.run_dirs import OutputDirCollision, PlannedJob, hydra_config_of, plan_output_dirs
+from adpo.validation import validate_jobs
 
 
 def export_torch_distributed_env() -> None:
@@ -93,7 +94,10 @@ class _DistinctOutputDirs:
         try:
             return plan_output_dirs(self.stage_name(), [list(o) for o in job_overrides],
                                     lambda overrides: loader.load_sweep_config(self.config, overrides),
-                                    explain=lambda line: print(line, flush=True), first_index=initial_job_idx)
+                                    explain=lambda line: print(line, flush=True), first_index=initial_job_idx,
+                                    # every job's settings, before anything is submitted (a ConfigError: Hydra
+                                    # prints its message alone)
+                                    validate=lambda jobs: validate_jobs(self.stage_name(), jobs, initial_job_idx))
         except OutputDirCollision as e:
             # A user's mistake, not a bug: the message says it all, without Hydra's traceback around it.
             raise SystemExit(f"Refused, nothing launched: {e}") from None
