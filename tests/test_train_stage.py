@@ -169,7 +169,9 @@ def test_resume_after_kill_gives_the_same_weights(baseline, work, tiny_model_dir
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
-    assert not (out / "model").exists() and not (out / "manifest.json").exists()
+    # Killed mid-run: no model, and a manifest that says so (written before training touched the directory).
+    assert not (out / "model").exists()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
 
     resumed = run_train(overrides)
     log = resumed.stdout + resumed.stderr

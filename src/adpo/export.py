@@ -22,6 +22,7 @@ support). For a finished run:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -89,6 +90,20 @@ def _save_adapter(peft_model, state: dict[str, torch.Tensor], out: Path, base_mo
         peft_model.save_pretrained(str(out), state_dict=state, save_embedding_layers=False)
     finally:
         config.base_model_name_or_path, config.revision = saved
+    _sort_module_lists(out / "adapter_config.json")
+
+
+# LoraConfig keeps these as Python sets, which PEFT writes in the process's string-hash order: sorted, the same run
+# exported twice (a resumed export, a rerun) gives the same bytes.
+SET_VALUED = ("target_modules", "modules_to_save", "exclude_modules")
+
+
+def _sort_module_lists(path: Path) -> None:
+    config = json.loads(path.read_text())
+    for key in SET_VALUED:
+        if isinstance(config.get(key), list) and all(isinstance(v, str) for v in config[key]):
+            config[key] = sorted(config[key])
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _merged_model(base_model: str, model_kwargs: Mapping[str, Any], lora_cfg, state: dict[str, torch.Tensor]):

@@ -37,12 +37,12 @@ def run(cfg: DictConfig) -> dict | None:
     if is_complete(output_dir, identity(cfg, "train"), _inputs(cfg)):
         log.info("train: %s is complete, skipping", output_dir)
         return None
-    from adpo.training.loop import refuse_other_work, train
+    from adpo.training.loop import train
 
-    refuse_other_work(cfg, output_dir)
-    if int(os.environ.get("RANK", "0")) == 0:
-        mark_running(output_dir, "train", cfg, _inputs(cfg), key=identity(cfg, "train"))
-    summary = train(cfg)
+    # Once set up (pairs read and checked, checkpoints found ours), before anything is written: a finished manifest
+    # of an earlier run no longer vouches for a directory this run is changing.
+    summary = train(cfg, on_start=lambda: mark_running(output_dir, "train", cfg, _inputs(cfg),
+                                                       key=identity(cfg, "train")))
     if summary["rank"] == 0:
         write_manifest(output_dir, "train", cfg, _inputs(cfg), key=identity(cfg, "train"),
                        outputs={"model": "model", "metrics": "metrics.jsonl", **summary})

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,8 +285,9 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
                          pairs_checks=checks.manifest_outputs(keep))
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train the policy on cfg.input_dir/pairs.jsonl; returns a summary (rank 0's is written to the manifest)."""
+def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict:
+    """Train the policy on cfg.input_dir/pairs.jsonl; returns a summary (rank 0's is written to the manifest).
+    `on_start` is called on rank 0 once the run is set up and before it writes anything to output_dir."""
     output_dir = Path(cfg.output_dir)
     ckpt_dir = output_dir / CHECKPOINTS
     refuse_other_work(cfg, output_dir)
@@ -306,6 +308,8 @@ def train(cfg: DictConfig) -> dict:
         step = int(client_state["step"])
         log.info("resumed from %s at step %d of %d", ckpt_dir, step, total_steps)
     if rank == 0:
+        if on_start is not None:
+            on_start()
         checkpoint.record_made_for(ckpt_dir, work_identity(cfg))
 
     metrics_path = output_dir / "metrics.jsonl"
