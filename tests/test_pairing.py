@@ -175,8 +175,8 @@ def test_pairs_stage_cli_writes_training_prompts_stats_and_is_reproducible(tmp_p
     rows = [json.loads(line) for line in first.decode().splitlines()]
     assert [r["problem_id"] for r in rows] == ["g1", "m1"]
     g1, m1 = rows
-    assert g1["prompt"].startswith("Question: What is question g1?") and g1["prompt"].endswith("Answer: ")
-    assert m1["prompt"].startswith("Problem: What is question m1?") and m1["prompt"].endswith("Solution: ")
+    assert g1["prompt"] == "Question: What is question g1?\nAnswer:"
+    assert m1["prompt"] == "Problem: What is question m1?\nSolution:"
     assert g1["chosen_answer"] == "7" and g1["rejected_answer"] == "3"
     assert m1["rejected_answer"] == "1/3"
     for r in rows:
@@ -230,6 +230,26 @@ def test_pairs_stage_renders_chat_training_prompts(tmp_path, tiny_model_dir):
     rows = [json.loads(line) for line in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
     assert rows and all(r["prompt"].startswith("<|user|>\n" + r["question"]) for r in rows)
     assert all(r["prompt"].endswith("<|assistant|>\n") for r in rows)
+
+
+def test_samples_drawn_with_the_other_prompt_form_are_refused_naming_the_key(tmp_path):
+    """Samples drawn after "Answer:" start with the space; pairing them with "Answer: " training prompts would train on
+    a doubled space (and the reverse on none): the pairs stage says which setting matches the samples."""
+    write_samples(tmp_path / "samples")
+    proc = run_pairs_cli(tmp_path, "model.prompt_trailing_space=true")
+    assert proc.returncode != 0 and not (tmp_path / "pairs" / "pairs.jsonl").exists()
+    assert "model.prompt_trailing_space=false" in proc.stderr
+    assert "samples were drawn with prompts ending in \"Answer:\"" in proc.stderr
+
+    old = tmp_path / "old"
+    for shard in sorted((tmp_path / "samples").glob("shard-*.jsonl")):
+        rows = [json.loads(line) for line in shard.read_text().splitlines()]
+        atomic_write_jsonl(old / "samples" / shard.name, ({**r, "prompt": r["prompt"] + " "} for r in rows))
+    assert run_pairs_cli(old, "model.prompt_trailing_space=false").returncode != 0
+    proc = run_pairs_cli(old, "model.prompt_trailing_space=true")
+    assert proc.returncode == 0, proc.stderr
+    prompts = [json.loads(line)["prompt"] for line in (old / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert prompts and all(p.endswith(("Answer: ", "Solution: ")) for p in prompts)
 
 
 def test_pairs_stats_count_the_pairs_over_the_models_length_limits(tmp_path, tiny_model_dir):

@@ -11,6 +11,7 @@ from adpo.data.prompts import (
     default_num_shots,
     exemplars,
     few_shot_prompt,
+    response_text,
     stop_sequences,
 )
 from adpo.data.records import Problem
@@ -21,8 +22,35 @@ MATH = Problem(id="m1", dataset="math", question="What is $1+1$?", gold="2")
 
 
 def test_zero_shot_prompts_are_the_papers():
-    assert build_prompt(GSM) == "Question: Tom has 3 apples and buys 4 more. How many?\nAnswer: "
-    assert build_prompt(MATH) == "Problem: What is $1+1$?\nSolution: "
+    # as the official cDPO pipeline sends them (its sampling strips the prompt): the model writes the space
+    assert build_prompt(GSM) == "Question: Tom has 3 apples and buys 4 more. How many?\nAnswer:"
+    assert build_prompt(MATH) == "Problem: What is $1+1$?\nSolution:"
+    # the earlier form, kept for comparison (model.prompt_trailing_space=true)
+    assert build_prompt(GSM, trailing_space=True) == "Question: Tom has 3 apples and buys 4 more. How many?\nAnswer: "
+    assert build_prompt(MATH, style="few_shot", trailing_space=True).endswith("\nSolution: ")
+
+
+@pytest.mark.parametrize("problem", [GSM, MATH], ids=["gsm8k", "math"])
+@pytest.mark.parametrize("style", ["zero_shot", "few_shot"])
+@pytest.mark.parametrize("num_shots", [None, 0, 1])
+def test_no_generation_prompt_ends_in_whitespace(problem, style, num_shots):
+    prompt = build_prompt(problem, style=style, num_shots=num_shots)
+    assert prompt == prompt.rstrip() and prompt.endswith(("\nAnswer:", "\nSolution:"))
+    # every exemplar has the space the model is left to write: "Answer: <solution>"
+    label = "Answer:" if problem.dataset == "gsm8k" else "Solution:"
+    assert prompt.count(f"\n{label}") == prompt.count(f"\n{label} ") + 1
+
+
+def test_a_worked_solution_is_the_response_the_model_writes():
+    assert response_text("Tom has 7. #### 7") == " Tom has 7. #### 7"
+    assert response_text("  Tom has 7.") == " Tom has 7."
+    assert response_text("Tom has 7.", trailing_space=True) == "Tom has 7."
+    # prompt + response is the exemplars' layout either way
+    exemplar = few_shot_prompt("gsm8k", "Q?", num_shots=1).split("\n\n")[0]
+    q, a = exemplars("gsm8k")[0]
+    assert exemplar == build_prompt(Problem(id="x", dataset="gsm8k", question=q, gold="6")) + response_text(a)
+    assert exemplar == build_prompt(Problem(id="x", dataset="gsm8k", question=q, gold="6"), trailing_space=True) \
+        + response_text(a, trailing_space=True)
 
 
 def test_gsm8k_few_shot_is_the_8_cot_exemplars_of_wei_et_al():
@@ -59,7 +87,7 @@ def test_math_few_shot_is_the_minerva_prompt():
 
 
 def test_num_shots_takes_the_first_exemplars():
-    assert few_shot_prompt("gsm8k", "Q?", num_shots=0) == "Question: Q?\nAnswer: "
+    assert few_shot_prompt("gsm8k", "Q?", num_shots=0) == "Question: Q?\nAnswer:"
     two = build_prompt(GSM, style="few_shot", num_shots=2)
     assert two.count("Question:") == 3 and "Leah had 32 chocolates" not in two
     with pytest.raises(ValueError, match="num_shots"):

@@ -33,19 +33,21 @@ def solution(a: int, b: int) -> str:
 
 @pytest.fixture(scope="module")
 def arith_model(tmp_path_factory) -> Path:
-    """A 2-layer, 64-wide Llama trained for ~150 steps on "Question: ...\\nAnswer: a + b = c. The answer is c."."""
+    """A 2-layer, 64-wide Llama trained for ~150 steps on "Question: ...\\nAnswer:" + " a + b = c. The answer is c."."""
     import torch
 
+    from adpo.data.prompts import response_text, zero_shot_prompt
     from adpo.data.tokenize import collate_responses, encode_pair
     from adpo_data_prep.toy.model import build_tiny_llama
     from adpo_data_prep.toy.tokenizer import build_tokenizer
 
     out = tmp_path_factory.mktemp("arith_model")
-    texts = [f"Question: {question(a, b)}\nAnswer: {solution(a, b)}" for a, b in SUMS]
+    pairs = [(zero_shot_prompt("gsm8k", question(a, b)), response_text(solution(a, b))) for a, b in SUMS]
+    texts = [prompt + response for prompt, response in pairs]
     tokenizer = build_tokenizer(texts, out, vocab_size=300)
     model = build_tiny_llama(tokenizer, out, hidden_size=64, num_layers=2, num_heads=4, seed=0)
     torch.manual_seed(0)
-    encoded = [encode_pair(tokenizer, f"Question: {question(a, b)}\nAnswer: ", solution(a, b)) for a, b in SUMS]
+    encoded = [encode_pair(tokenizer, prompt, response) for prompt, response in pairs]
     batch = collate_responses(encoded, tokenizer.pad_token_id, with_labels=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
@@ -134,7 +136,8 @@ def test_pairs_chosen_correct_rejected_from_most_frequent_wrong_group(sampled, a
                         not r["correct"])
         top = max(wrong.values())
         assert wrong[answer_key(rejected["extracted"], "gsm8k")] == top
-        assert p["prompt"] == f"Question: {p['question']}\nAnswer: "
+        assert p["prompt"] == f"Question: {p['question']}\nAnswer:"
+        assert p["chosen"].startswith(" ") and p["rejected"].startswith(" ")  # the model wrote the space itself
         assert p["provenance"]["model"] == model_identity(arith_model)  # name and content digest, no path
         assert str(arith_model) not in json.dumps(p)
         assert p["provenance"]["sampling"]["temperature"] == 1.0

@@ -21,7 +21,7 @@ from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
 from adpo.manifest import identity, is_complete, mark_running, model_identity, read_manifest, write_manifest
 from adpo.stage_results import pairability
 from adpo.tracking import log_stage_summary
-from adpo_data_prep.pairing import PairChoice, build_pairs, read_samples, sample_files
+from adpo_data_prep.pairing import PairChoice, Sample, build_pairs, read_samples, sample_files
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,26 @@ def training_prompt_builder(cfg: DictConfig):
 
         tokenizer = load_tokenizer(cfg.model.name_or_path,
                                    trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
-    return lambda problem: build_prompt(problem, style="zero_shot", prompt_format=prompt_format, tokenizer=tokenizer)
+    trailing_space = bool(cfg.model.get("prompt_trailing_space", False))
+    return lambda problem: build_prompt(problem, style="zero_shot", prompt_format=prompt_format, tokenizer=tokenizer,
+                                        trailing_space=trailing_space)
+
+
+def check_prompt_ending(samples: list[Sample], cfg: DictConfig, samples_dir: Path) -> None:
+    """Plain prompts: the samples must have been drawn with prompts of the training prompts' form. Answers sampled
+    after "Answer: " start without the space, answers sampled after "Answer:" with it; the other training prompt
+    would put a doubled or a missing space at every pair's prompt/response boundary."""
+    if cfg.model.prompt_format != "plain":
+        return
+    trailing_space = bool(cfg.model.get("prompt_trailing_space", False))
+    drawn = next((s for s in samples if s.prompt), None)
+    if drawn is None or drawn.prompt[-1:].isspace() == trailing_space:
+        return
+    form = "ending in whitespace" if not trailing_space else 'ending in "Answer:" (no trailing space)'
+    raise DataError(f"{samples_dir}: samples were drawn with prompts {form} (problem {drawn.problem_id}: "
+                    f"{drawn.prompt[-20:]!r}), but model.prompt_trailing_space={str(trailing_space).lower()} builds "
+                    f"training prompts of the other form; set model.prompt_trailing_space="
+                    f"{str(not trailing_space).lower()} to pair these samples, or sample again")
 
 
 def default_dataset(cfg: DictConfig) -> str | None:
@@ -139,6 +158,7 @@ def run(cfg: DictConfig) -> Path:
     samples_manifest = check_samples_finished(samples_dir)
 
     samples = read_samples(samples_dir)
+    check_prompt_ending(samples, cfg, samples_dir)
     pairing = cfg.pairing
     pairs, stats = build_pairs(samples, pairs_per_question=int(pairing.pairs_per_question), seed=int(pairing.seed),
                                drop_truncated=bool(pairing.drop_truncated))

@@ -107,7 +107,8 @@ def run(cfg: DictConfig) -> Path:
     with GradedGeneration(cfg.generation, model_path, cfg.model.prompt_format, prompt_style=s.prompt_style,
                           num_shots=s.num_shots, n=s.n, temperature=s.temperature, top_p=s.top_p,
                           max_tokens=s.max_tokens, seed=s.seed, grade_workers=s.grade_workers,
-                          grade_timeout_s=s.grade_timeout_s) as graded:
+                          grade_timeout_s=s.grade_timeout_s,
+                          trailing_space=bool(cfg.model.get("prompt_trailing_space", False))) as graded:
         rows = run_sharded(problems, lambda shard, index: sample_rows(graded(shard, index), s.prompt_in_rows),
                            output_dir, item_id=lambda p: p.id, shard_size=int(s.shard_size),
                            fingerprint=shard_made_for(cfg, problems_file), progress=bool(cfg.progress),

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from adpo.config import stage_main
 from adpo.config_diff import check_made_for, check_manifest
-from adpo.data.prompts import build_prompt, zero_shot_prompt
+from adpo.data.prompts import build_prompt, response_text, zero_shot_prompt
 from adpo.data.records import Problem, read_problems
 from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair, encode_prompt
 from adpo.io import atomic_directory, atomic_write_json
@@ -65,11 +65,13 @@ def encode_examples(problems: list[Problem], tokenizer: PreTrainedTokenizerBase,
                     model_cfg: DictConfig) -> list[EncodedResponse]:
     """(prompt, solution) token ids per problem, tokenised exactly as the preference stages tokenise pairs."""
     examples = []
+    trailing_space = bool(model_cfg.get("prompt_trailing_space", False))
     for p in problems:
         if not p.solution:
             raise ValueError(f"problem {p.id} has no worked solution; the sft stage trains on solutions")
-        examples.append(encode_pair(tokenizer, build_prompt(p, "zero_shot", model_cfg.prompt_format, tokenizer),
-                                    p.solution, prompt_format=model_cfg.prompt_format,
+        prompt = build_prompt(p, "zero_shot", model_cfg.prompt_format, tokenizer, trailing_space=trailing_space)
+        examples.append(encode_pair(tokenizer, prompt, response_text(p.solution, trailing_space),
+                                    prompt_format=model_cfg.prompt_format,
                                     max_prompt_length=model_cfg.max_prompt_length, max_length=cfg.max_length))
     return examples
 
@@ -81,13 +83,15 @@ def final_answer(text: str) -> str | None:
 
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *,
-                    max_new_tokens: int = 160, batch_size: int = 32, prompt_format: str = "plain") -> float:
+                    max_new_tokens: int = 160, batch_size: int = 32, prompt_format: str = "plain",
+                    trailing_space: bool = False) -> float:
     """Exact match of the greedy answer's `#### N` with the gold answer (HF generate, left-padded batches)."""
     model.eval()
     correct = 0
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
-        prompts = [encode_prompt(tokenizer, build_prompt(p, "zero_shot", prompt_format, tokenizer), prompt_format)
+        prompts = [encode_prompt(tokenizer, build_prompt(p, "zero_shot", prompt_format, tokenizer,
+                                                         trailing_space=trailing_space), prompt_format)
                    for p in chunk]
         width = max(map(len, prompts))
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(x)) + x for x in prompts])
@@ -122,7 +126,10 @@ def _start_or_resume(cfg: DictConfig, problems: list[Problem], ckpt: Path, key: 
                        stored_hash=state.get("config_hash"), option=OUTPUT_OPTION)
     else:
         with atomic_directory(ckpt) as tmp:
-            texts = [zero_shot_prompt(p.dataset, p.question) + (p.solution or "") for p in problems]
+            trailing_space = bool(cfg.model.get("prompt_trailing_space", False))
+            texts = [zero_shot_prompt(p.dataset, p.question, trailing_space) + response_text(p.solution or "",
+                                                                                             trailing_space)
+                     for p in problems]
             tokenizer = build_tokenizer(texts, tmp, vocab_size=s.vocab_size)
             build_tiny_llama(tokenizer, tmp, hidden_size=s.hidden_size, num_layers=s.num_layers,
                              num_heads=s.num_heads, intermediate_size=s.intermediate_size,
@@ -192,7 +199,8 @@ def run(cfg: DictConfig) -> dict:
     if s.eval_problems:
         test = read_problems(data / "test.jsonl")[: s.eval_problems]
         acc = greedy_accuracy(model, tokenizer, test, max_new_tokens=s.eval_max_new_tokens,
-                              prompt_format=cfg.model.prompt_format)
+                              prompt_format=cfg.model.prompt_format,
+                              trailing_space=bool(cfg.model.get("prompt_trailing_space", False)))
         outputs["greedy_accuracy"] = {"accuracy": acc, "problems": len(test)}
         log.info("sft: greedy accuracy %.3f on %d test problems", acc, len(test))
         if run_ is not None:

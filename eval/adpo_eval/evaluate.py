@@ -176,7 +176,8 @@ def run(cfg: DictConfig) -> Path:
     with GradedGeneration(cfg.generation, model_dir, cfg.model.prompt_format, prompt_style=e.prompt_style,
                           num_shots=e.num_shots, n=1, temperature=e.temperature, top_p=e.top_p,
                           max_tokens=e.max_new_tokens, seed=e.seed, grade_workers=e.grade_workers,
-                          grade_timeout_s=e.grade_timeout_s, stop=e.stop) as evaluator:
+                          grade_timeout_s=e.grade_timeout_s, stop=e.stop,
+                          trailing_space=bool(cfg.model.get("prompt_trailing_space", False))) as evaluator:
         rows = run_sharded(problems, lambda shard, index: [prediction_row(g) for g in evaluator(shard, index)],
                            output_dir / SHARDS, item_id=lambda p: p.id, shard_size=int(e.shard_size),
                            fingerprint=made_for(cfg, input_fingerprints(inputs)), progress=bool(cfg.progress),

@@ -91,10 +91,10 @@ def write_task(task_dir: Path, problems: Sequence[Problem], *, prompt_style: str
     """A local-file lm-eval task in the gsm8k_cot style that renders exactly our plain prompts (layout "ours"), or
     gsm8k_cot's own layout and stop strings (layout "stock") with the same exemplars.
 
-    Our prompt is "Question: {q}\\nAnswer: " preceded (few-shot) by exemplars "Question: ...\\nAnswer: ...\\n\\n".
+    Our prompt is "Question: {q}\\nAnswer:" preceded (few-shot) by exemplars "Question: ...\\nAnswer: ...\\n\\n".
     lm-eval builds "<doc_to_text(shot)><target_delimiter><target><fewshot_delimiter>" per shot, then
-    doc_to_text(doc): so doc_to_text keeps our trailing space, target_delimiter is "" and fewshot_delimiter "\\n\\n".
-    (gsm8k_cot itself uses "Q: {q}\\nA:" with target_delimiter " ", and stops at "Q:".)
+    doc_to_text(doc): so doc_to_text ends in "Answer:", target_delimiter is " " and fewshot_delimiter "\\n\\n", as in
+    gsm8k_cot itself ("Q: {q}\\nA:" with target_delimiter " ", stopping at "Q:").
     """
     import yaml
 
@@ -112,9 +112,9 @@ def write_task(task_dir: Path, problems: Sequence[Problem], *, prompt_style: str
         "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(task_dir / "hf_cache")},
         "test_split": "test",
         "output_type": "generate_until",
-        "doc_to_text": "Question: {{question}}\nAnswer: " if layout == "ours" else cot["doc_to_text"],
+        "doc_to_text": "Question: {{question}}\nAnswer:" if layout == "ours" else cot["doc_to_text"],
         "doc_to_target": "{{answer if answer is defined else target}}",
-        "target_delimiter": "" if layout == "ours" else " ",
+        "target_delimiter": " ",
         "fewshot_delimiter": "\n\n",
         "num_fewshot": n_shots,
         "fewshot_config": {"sampler": "first_n",

@@ -171,6 +171,7 @@ SCHEMA: dict[str, Rule] = {
     "model.name_or_path": TEXT,
     "model.dtype": choice(*DTYPES),
     "model.prompt_format": choice(*PROMPT_FORMATS),
+    "model.prompt_trailing_space": BOOL,
     "model.trust_remote_code": BOOL,
     "model.max_prompt_length": POSITIVE | NULL,
     "model.max_length": POSITIVE | NULL,

@@ -1,13 +1,17 @@
 """Prompts: the zero-shot training prompt, the few-shot evaluation/sampling prompt, and chat-template variants.
 
-Plain prompts (method.md):
-    zero-shot GSM8K  "Question: {q}\nAnswer: "
-    zero-shot MATH   "Problem: {q}\nSolution: "
+Plain prompts (method.md's layout, sent as the official cDPO pipeline sends it: stripped of trailing whitespace):
+    zero-shot GSM8K  "Question: {q}\nAnswer:"
+    zero-shot MATH   "Problem: {q}\nSolution:"
     few-shot         the same layout, preceded by the standard exemplars (8 chain-of-thought exemplars of Wei et al.
                      for GSM8K, the 4 Minerva exemplars for MATH), each "Question: ...\nAnswer: ...\n\n". A few-shot
                      prompt therefore ends exactly like the zero-shot one, so a completion sampled with the few-shot
                      prompt is a well-formed response to the zero-shot training prompt, and the model's attempt to
                      start the next exemplar is cut by the stop sequence "\n\nQuestion:" / "\n\nProblem:".
+The model writes the space after "Answer:" itself, as in every exemplar: with a byte-level BPE a word after a space
+is one token (" There"), and a prompt ending in a lone space token would ask the model to continue from a split it
+never saw. So responses start with that space (`response_text` gives a worked solution the same form).
+`trailing_space=True` (config `model.prompt_trailing_space`) keeps the earlier form "...\nAnswer: " for comparison.
 Chat prompts (instruct models): the tokenizer's chat template over user/assistant turns; few-shot exemplars become
 earlier turns. The rendered string carries the template's special tokens (see adpo.data.tokenize).
 """
@@ -59,17 +63,25 @@ def _shots(dataset: str, num_shots: int | None) -> tuple[tuple[str, str], ...]:
     return available[:num_shots]
 
 
-def zero_shot_prompt(dataset: str, question: str) -> str:
-    """"Question: {q}\\nAnswer: " (GSM8K) or "Problem: {q}\\nSolution: " (MATH): the training prompt."""
+def zero_shot_prompt(dataset: str, question: str, trailing_space: bool = False) -> str:
+    """"Question: {q}\\nAnswer:" (GSM8K) or "Problem: {q}\\nSolution:" (MATH): the training prompt
+    (trailing_space: the earlier "...\\nAnswer: ")."""
     q_label, a_label = _LABELS[_check_dataset(dataset)]
-    return f"{q_label}: {question}\n{a_label}: "
+    return f"{q_label}: {question}\n{a_label}:" + (" " if trailing_space else "")
 
 
-def few_shot_prompt(dataset: str, question: str, num_shots: int | None = None) -> str:
+def few_shot_prompt(dataset: str, question: str, num_shots: int | None = None, trailing_space: bool = False) -> str:
     """The exemplars in the zero-shot layout, separated by blank lines, then the zero-shot prompt for `question`."""
     q_label, a_label = _LABELS[_check_dataset(dataset)]
     shots = "".join(f"{q_label}: {q}\n{a_label}: {a}\n\n" for q, a in _shots(dataset, num_shots))
-    return shots + zero_shot_prompt(dataset, question)
+    return shots + zero_shot_prompt(dataset, question, trailing_space)
+
+
+def response_text(solution: str, trailing_space: bool = False) -> str:
+    """A worked solution as the response to a plain prompt: " " + solution, the space the model writes after
+    "Answer:" (trailing_space: the prompt has it already, so the solution as it is)."""
+    solution = solution.lstrip()
+    return solution if trailing_space else " " + solution
 
 
 def chat_messages(dataset: str, question: str, style: str = "zero_shot", num_shots: int | None = None,
@@ -102,7 +114,7 @@ def _check_style(style: str) -> None:
 
 def build_prompt(problem: Problem, style: str = "zero_shot", prompt_format: str = "plain", tokenizer: Any = None,
                  num_shots: int | None = None, *, instruction: str | None = "default",
-                 system_prompt: str | None = None) -> str:
+                 system_prompt: str | None = None, trailing_space: bool = False) -> str:
     """The prompt string for one problem.
 
     style: "zero_shot" (training) or "few_shot" (sampling and evaluation, method.md).
@@ -110,12 +122,13 @@ def build_prompt(problem: Problem, style: str = "zero_shot", prompt_format: str 
         renders it with add_generation_prompt=True, tokenize=False).
     num_shots: how many of the standard exemplars a few-shot prompt uses (None: all, 8 for GSM8K, 4 for MATH).
     instruction / system_prompt: chat only, see chat_messages.
+    trailing_space: plain only, the earlier form ending in "Answer: " (a chat prompt ends as its template does).
     """
     _check_style(style)
     if prompt_format == "plain":
         if style == "zero_shot":
-            return zero_shot_prompt(problem.dataset, problem.question)
-        return few_shot_prompt(problem.dataset, problem.question, num_shots)
+            return zero_shot_prompt(problem.dataset, problem.question, trailing_space)
+        return few_shot_prompt(problem.dataset, problem.question, num_shots, trailing_space)
     if prompt_format == "chat":
         if tokenizer is None:
             raise ValueError("prompt_format=chat needs the model's tokenizer (for its chat template)")

@@ -2,8 +2,15 @@
 and the cDPO weights stage share, so that per-token weights line up with the tokens the loss sees.
 
 prompt ids   = tokenizer(prompt) with the tokenizer's special tokens (BOS) for plain prompts, none for chat prompts
-               (a rendered chat template already carries them); left-truncated to max_prompt_length.
-response ids = tokenizer(response, no special tokens) + [eos]; right-truncated so prompt + response <= max_length
+               (a rendered chat template already carries them): the ids generation was given. Left-truncated to
+               max_prompt_length.
+response ids = the tokens generation produces for the response after those prompt ids: `prompt + response` tokenized
+               together, from where the prompt's ids end, when the joint ids extend the prompt's (the tokenizer did
+               not merge across the boundary, as the tokenizers of the paper's models do not when the prompt ends in
+               "Answer:" and the response starts with " ": tests/test_token_boundary.py); where a token merges
+               across the boundary, generation cannot have produced it (it starts a new token after the prompt's
+               last), and the response is tokenized alone. Then + [eos]; right-truncated so prompt + response <=
+               max_length
                (a truncated response loses its EOS, as it was cut before the model ended it). A prompt that leaves
                no room (max_prompt_length null, or not below max_length) still keeps one response token, so that the
                shapes hold; the train stage leaves such pairs out (adpo.training.pairs_checks). EncodedResponse
@@ -49,18 +56,23 @@ def _cut_left(ids: list[int], limit: int | None) -> list[int]:
     return ids if limit is None or len(ids) <= limit else ids[len(ids) - limit:]
 
 
-def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
-    ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+def split_at_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str,
+                      prompt_format: str = "plain") -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids without EOS): the prompt as generation encodes it, the response as generation
+    continues it (see the module's docstring)."""
+    prompt_ids = encode_prompt(tokenizer, prompt, prompt_format)
+    joint = list(tokenizer(prompt + response, add_special_tokens=prompt_format == "plain")["input_ids"])
+    if joint[:len(prompt_ids)] == prompt_ids:
+        return prompt_ids, joint[len(prompt_ids):]
+    return prompt_ids, list(tokenizer(response, add_special_tokens=False)["input_ids"])
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *, prompt_format: str = "plain",
                 max_prompt_length: int | None = None, max_length: int | None = None) -> EncodedResponse:
-    whole_prompt = encode_prompt(tokenizer, prompt, prompt_format)
+    whole_prompt, response_ids = split_at_response(tokenizer, prompt, response, prompt_format)
     prompt_ids = _cut_left(whole_prompt, max_prompt_length)
-    response_ids = encode_response(tokenizer, response)
+    if tokenizer.eos_token_id is not None:
+        response_ids.append(tokenizer.eos_token_id)
     whole_response = len(response_ids)
     if max_length is not None:
         room = max(max_length - len(prompt_ids), 1)
@@ -78,10 +90,13 @@ def within_length_limits(tokenizer: PreTrainedTokenizerBase, prompt: str, respon
     """Whether the official cDPO code keeps a pair (`len(question_ids) < 512 and len(question + response ids) < 1024`
     for both responses): prompt ids (with BOS) fewer than max_prompt_length, prompt + response ids (without the EOS)
     fewer than max_length. Under train.length_policy=drop training leaves the others out instead of truncating them."""
-    n_prompt = len(encode_prompt(tokenizer, prompt, prompt_format))
-    n_response = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses)
-    return ((max_prompt_length is None or n_prompt < max_prompt_length)
-            and (max_length is None or n_prompt + n_response < max_length))
+    for response in responses:
+        prompt_ids, response_ids = split_at_response(tokenizer, prompt, response, prompt_format)
+        if max_prompt_length is not None and len(prompt_ids) >= max_prompt_length:
+            return False
+        if max_length is not None and len(prompt_ids) + len(response_ids) >= max_length:
+            return False
+    return True
 
 
 def collate_responses(encoded: Sequence[EncodedResponse], pad_id: int, *,

@@ -29,12 +29,13 @@ class GradedProblem:
 
 class GradedGeneration:
     """(problems, shard_index) -> one GradedProblem per problem, in order. Sampling is seeded `seed + shard_index`, so
-    a resumed run draws what an uninterrupted one would; `stop=None` stops at the dataset's next exemplar."""
+    a resumed run draws what an uninterrupted one would; `stop=None` stops at the dataset's next exemplar;
+    `trailing_space`: plain prompts in the earlier form ending in "Answer: " (model.prompt_trailing_space)."""
 
     def __init__(self, generation_cfg: Mapping[str, Any], model_path: str | Path, prompt_format: str, *,
                  prompt_style: str, num_shots: int | None, n: int, temperature: float, top_p: float,
                  max_tokens: int, seed: int, grade_workers: int, grade_timeout_s: float,
-                 stop: Sequence[str] | None = None) -> None:
+                 stop: Sequence[str] | None = None, trailing_space: bool = False) -> None:
         self.generation_cfg = generation_cfg
         self.model_path = str(model_path)
         self.prompt_format = prompt_format
@@ -48,6 +49,7 @@ class GradedGeneration:
         self.grade_workers = int(grade_workers)
         self.grade_timeout_s = float(grade_timeout_s)
         self.stop = None if stop is None else list(stop)
+        self.trailing_space = bool(trailing_space)
         self._generator: Generator | None = None
         self._grader = None
         # What this process generated (nothing when every shard was already written): the eval stage's speed.
@@ -75,7 +77,8 @@ class GradedGeneration:
 
     def prompt(self, problem: Problem) -> str:
         return build_prompt(problem, style=self.prompt_style, prompt_format=self.prompt_format,
-                            tokenizer=self.generator.tokenizer, num_shots=self.num_shots)
+                            tokenizer=self.generator.tokenizer, num_shots=self.num_shots,
+                            trailing_space=self.trailing_space)
 
     def __call__(self, problems: Sequence[Problem], shard_index: int) -> list[GradedProblem]:
         prompts = [self.prompt(p) for p in problems]
