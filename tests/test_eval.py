@@ -86,7 +86,7 @@ def test_hf_eval_writes_graded_predictions_and_metrics(hf_root):
         assert row["finish_reason"] in ("stop", "length") and 1 <= row["num_tokens"] <= 32
         # 2-shot prompt in the zero-shot layout, ending with the question's own zero-shot prompt
         label, answer = ("Question:", "Answer:") if problem.dataset == "gsm8k" else ("Problem:", "Solution:")
-        assert row["prompt"].count(label) == 3 and row["prompt"].endswith(f"{problem.question}\n{answer} ")
+        assert row["prompt"].count(label) == 3 and row["prompt"].endswith(f"{problem.question}\n{answer}")
         assert "\n\nQuestion:" not in row["output"] and "\n\nProblem:" not in row["output"]
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -189,6 +189,6 @@ def test_eval_reads_a_data_config_directly(model, tmp_path):
     rows = read_jsonl(out / "predictions.jsonl")
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(rows) == 5 and all(r["dataset"] == "math" and r["subject"] and r["level"] for r in rows)
-    assert rows[0]["prompt"].startswith("Problem: ") and rows[0]["prompt"].endswith("\nSolution: ")
+    assert rows[0]["prompt"].startswith("Problem: ") and rows[0]["prompt"].endswith("\nSolution:")
     assert sum(v["total"] for v in metrics["per_subject"].values()) == 5
     assert metrics["data"] == "math500" and metrics["dataset"] == "math"
