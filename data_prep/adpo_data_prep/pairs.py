@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
 from adpo.config_diff import check_manifest
+from adpo.data.prompts import trailing_space_of
 from adpo.data.records import Problem
 from adpo.data.tokenize import within_length_limits
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl
@@ -70,7 +71,7 @@ def training_prompt_builder(cfg: DictConfig):
 
         tokenizer = load_tokenizer(cfg.model.name_or_path,
                                    trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
-    trailing_space = bool(cfg.model.get("prompt_trailing_space", False))
+    trailing_space = trailing_space_of(cfg.model)
     return lambda problem: build_prompt(problem, style="zero_shot", prompt_format=prompt_format, tokenizer=tokenizer,
                                         trailing_space=trailing_space)
 
@@ -81,7 +82,7 @@ def check_prompt_ending(samples: list[Sample], cfg: DictConfig, samples_dir: Pat
     would put a doubled or a missing space at every pair's prompt/response boundary."""
     if cfg.model.prompt_format != "plain":
         return
-    trailing_space = bool(cfg.model.get("prompt_trailing_space", False))
+    trailing_space = trailing_space_of(cfg.model)
     drawn = next((s for s in samples if s.prompt), None)
     if drawn is None or drawn.prompt[-1:].isspace() == trailing_space:
         return

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from adpo.config import stage_main
 from adpo.config_diff import check_manifest
+from adpo.data.prompts import trailing_space_of
 from adpo.data.records import Problem, read_problems
 from adpo.generation.graded import GradedGeneration, GradedProblem
 from adpo.generation.shards import run_sharded
@@ -108,7 +109,7 @@ def run(cfg: DictConfig) -> Path:
                           num_shots=s.num_shots, n=s.n, temperature=s.temperature, top_p=s.top_p,
                           max_tokens=s.max_tokens, seed=s.seed, grade_workers=s.grade_workers,
                           grade_timeout_s=s.grade_timeout_s,
-                          trailing_space=bool(cfg.model.get("prompt_trailing_space", False))) as graded:
+                          trailing_space=trailing_space_of(cfg.model)) as graded:
         rows = run_sharded(problems, lambda shard, index: sample_rows(graded(shard, index), s.prompt_in_rows),
                            output_dir, item_id=lambda p: p.id, shard_size=int(s.shard_size),
                            fingerprint=shard_made_for(cfg, problems_file), progress=bool(cfg.progress),

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from adpo.config import stage_main
 from adpo.config_diff import check_made_for, check_manifest
-from adpo.data.prompts import build_prompt, response_text, zero_shot_prompt
+from adpo.data.prompts import build_prompt, response_text, trailing_space_of, zero_shot_prompt
 from adpo.data.records import Problem, read_problems
 from adpo.data.tokenize import EncodedResponse, collate_responses, encode_pair, encode_prompt
 from adpo.io import atomic_directory, atomic_write_json
@@ -65,7 +65,7 @@ def encode_examples(problems: list[Problem], tokenizer: PreTrainedTokenizerBase,
                     model_cfg: DictConfig) -> list[EncodedResponse]:
     """(prompt, solution) token ids per problem, tokenised exactly as the preference stages tokenise pairs."""
     examples = []
-    trailing_space = bool(model_cfg.get("prompt_trailing_space", False))
+    trailing_space = trailing_space_of(model_cfg)
     for p in problems:
         if not p.solution:
             raise ValueError(f"problem {p.id} has no worked solution; the sft stage trains on solutions")
@@ -126,7 +126,7 @@ def _start_or_resume(cfg: DictConfig, problems: list[Problem], ckpt: Path, key: 
                        stored_hash=state.get("config_hash"), option=OUTPUT_OPTION)
     else:
         with atomic_directory(ckpt) as tmp:
-            trailing_space = bool(cfg.model.get("prompt_trailing_space", False))
+            trailing_space = trailing_space_of(cfg.model)
             texts = [zero_shot_prompt(p.dataset, p.question, trailing_space) + response_text(p.solution or "",
                                                                                              trailing_space)
                      for p in problems]
@@ -200,7 +200,7 @@ def run(cfg: DictConfig) -> dict:
         test = read_problems(data / "test.jsonl")[: s.eval_problems]
         acc = greedy_accuracy(model, tokenizer, test, max_new_tokens=s.eval_max_new_tokens,
                               prompt_format=cfg.model.prompt_format,
-                              trailing_space=bool(cfg.model.get("prompt_trailing_space", False)))
+                              trailing_space=trailing_space_of(cfg.model))
         outputs["greedy_accuracy"] = {"accuracy": acc, "problems": len(test)}
         log.info("sft: greedy accuracy %.3f on %d test problems", acc, len(test))
         if run_ is not None:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from adpo.config import stage_main
 from adpo.config_diff import check_manifest
+from adpo.data.prompts import trailing_space_of
 from adpo.data.records import Problem, read_problems
 from adpo.generation.graded import GradedGeneration, GradedProblem
 from adpo.generation.shards import run_sharded
@@ -177,7 +178,7 @@ def run(cfg: DictConfig) -> Path:
                           num_shots=e.num_shots, n=1, temperature=e.temperature, top_p=e.top_p,
                           max_tokens=e.max_new_tokens, seed=e.seed, grade_workers=e.grade_workers,
                           grade_timeout_s=e.grade_timeout_s, stop=e.stop,
-                          trailing_space=bool(cfg.model.get("prompt_trailing_space", False))) as evaluator:
+                          trailing_space=trailing_space_of(cfg.model)) as evaluator:
         rows = run_sharded(problems, lambda shard, index: [prediction_row(g) for g in evaluator(shard, index)],
                            output_dir / SHARDS, item_id=lambda p: p.id, shard_size=int(e.shard_size),
                            fingerprint=made_for(cfg, input_fingerprints(inputs)), progress=bool(cfg.progress),

@@ -77,6 +77,11 @@ def few_shot_prompt(dataset: str, question: str, num_shots: int | None = None, t
     return shots + zero_shot_prompt(dataset, question, trailing_space)
 
 
+def trailing_space_of(model_cfg: Any) -> bool:
+    """A model config's `prompt_trailing_space` (false where a config predates the key)."""
+    return bool(model_cfg.get("prompt_trailing_space", False))
+
+
 def response_text(solution: str, trailing_space: bool = False) -> str:
     """A worked solution as the response to a plain prompt: " " + solution, the space the model writes after
     "Answer:" (trailing_space: the prompt has it already, so the solution as it is)."""
