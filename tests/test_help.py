@@ -87,7 +87,7 @@ def test_help_has_usage_io_experiments_groups_and_examples(helps, app):
     if app == "pipeline":
         section = text.split("Stages, in order", 1)[1].split("\n\n", 1)[0]
         shown = [line.split()[1] for line in section.splitlines() if line[:4].strip().rstrip(".").isdigit()]
-        assert shown == ["prepare", "sft", "eval", "sample", "pairs", "weights", "train", "aggregate"], section
+        assert shown == ["prepare", "sft", "eval", "sample", "pairs", "weights", "train", "aggregate", "analyze"], section
         assert "Writes everything below paths.root (outputs/default/gsm8k/tiny)" in text
     else:
         assert "Reads " in text and "Writes " in text

@@ -36,7 +36,7 @@ def test_quickstart_plan_runs_every_stage_in_chain_order(tmp_path):
         "prepare", "sft", "eval [base]", "sample", "pairs",
         "train [dpo-sequence-s0]", "eval [dpo-sequence-s0]", "train [adpo-token-s0]", "eval [adpo-token-s0]",
         "train [adpo-static4-s0]", "eval [adpo-static4-s0]", "train [adpo-adaptive4-s0]",
-        "eval [adpo-adaptive4-s0]", "aggregate"]
+        "eval [adpo-adaptive4-s0]", "aggregate", "analyze"]
     # Every stage gets the pipeline's overrides (but not its own settings), per-run stages their run's too.
     for step in steps:
         assert step.overrides[:2] == overrides[:2] and not any(o.startswith("pipeline.") for o in step.overrides)
@@ -55,7 +55,7 @@ def test_weights_stage_joins_when_a_run_needs_weights(tmp_path):
     cfg = pipeline_cfg(*overrides, "pipeline.runs=[{method:dpo},{method:cadpo}]", "pipeline.base_eval=false")
     steps = plan(cfg, overrides)
     assert names(steps)[:5] == ["prepare", "sft", "sample", "pairs", "weights"]
-    assert steps[-3].config.input_dir == f"{tmp_path}/pairs_weighted"  # cadpo trains on the weighted pairs
+    assert steps[-4].config.input_dir == f"{tmp_path}/pairs_weighted"  # cadpo trains on the weighted pairs
 
 
 def test_toy_study_samples_once_per_seed_and_sweeps_learning_rates(tmp_path):
@@ -88,7 +88,8 @@ def test_toy_study_beta_reuses_the_toy_studys_data_and_adds_runs_of_its_own(tmp_
     assert {s.config.method.beta for s in trains} == {1.0} and {s.config.train.lr for s in trains} == {1e-5}
     assert not dirs(follow_up, ("train",)) & dirs(study, ("train",))
     assert trains[0].config.output_dir == f"{tmp_path}/train/dpo-sequence-beta1.0-lr1e-05-s0"
-    assert follow_up[-1].config.output_dir == study[-1].config.output_dir  # one aggregate over both
+    assert dirs(follow_up, ("aggregate",)) == dirs(study, ("aggregate",))  # one aggregate over both
+    assert dirs(follow_up, ("analyze",)) == dirs(study, ("analyze",))
 
 
 def test_runs_that_would_share_a_directory_are_tagged_or_refused(tmp_path):
@@ -132,7 +133,8 @@ def test_dry_run_prints_the_commands(tmp_path):
 
 # What a chain produces, compared byte for byte; manifests, logs, timings and wandb ids legitimately differ.
 FINAL_OUTPUTS = ["data/*.jsonl", "base_model/model/*", "samples/shard-*.jsonl", "pairs/pairs.jsonl",
-                 "train/*/model/*", "eval/*/predictions.jsonl", "results/*.csv", "results/*.md"]
+                 "train/*/model/*", "eval/*/predictions.jsonl", "results/*.csv", "results/*.md",
+                 "analysis/runs/*/pairs.jsonl", "analysis/*.csv"]
 # Reports that say where things are (a model card's base model and training data, the tables' eval directories):
 # compared with the root's path replaced. Every other output must not depend on where the chain ran.
 WHERE_RECORDS = ["train/*/model/README.md", "train/*/model/export.json", "train/*/model/eval_results.json",
@@ -238,6 +240,9 @@ def test_killed_chain_resumes_to_the_same_outputs(tmp_path):
     # ... and each stage's result when it ends, the base model's verdict among them.
     assert re.search(r"pairs +ran in [\d.]+ s: \d+ pairs; base model usable for pairs: \d+% of 32 questions", first)
     assert re.search(r"eval \[adpo-token-s0\] +ran in [\d.]+ s: accuracy [\d.]+% on 24 problems", first)
+    assert re.search(r"analyze +ran in [\d.]+ s: 1 runs; share of .* first error .*: adpo-token [-+]\d", first)
+    analysed = json.loads((root / "analysis" / "runs" / "adpo-token-s0" / "summary.json").read_text())
+    assert analysed["first_error"] == "toy" and analysed["pairs"] > 0 and analysed["rejected_with_error"] > 0
     reference = outputs(root)
     assert any(k.startswith("train/") for k in reference) and "results/main.csv" in reference
     check_wandb_runs(root)

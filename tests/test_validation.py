@@ -21,7 +21,8 @@ CONF = REPO / "conf"
 BIN = Path(sys.executable).parent
 STAGE_CONFIGS = [s.config for s in STAGES] + ["pipeline"]
 # Sections only their own stage's config has (an experiment may set them for every stage).
-SECTION_STAGES = {"sft": "sft", "criticality": "weights", "pairing": "pairs", "aggregate": "aggregate"}
+SECTION_STAGES = {"sft": "sft", "criticality": "weights", "pairing": "pairs", "aggregate": "aggregate",
+                  "analyze": "analyze"}
 
 
 def _names(group: str) -> list[str]:
@@ -101,12 +102,14 @@ def test_the_schemas_choices_are_the_codes():
     from adpo.training.engine import LR_SCHEDULES
     from adpo_data_prep.prepare import SPLITS
     from adpo_data_prep.sample import PROMPT_IN_ROWS
+    from adpo_eval.first_error import LOCATORS
 
     assert set(v.SEGMENT_LOSSES) == set(SEGMENT_LOSSES)
     assert (v.LENGTH_MODES, v.REDUCTIONS, v.LR_SCHEDULES, v.LENGTH_POLICIES, v.EXPORTS, v.BACKENDS) == (
         LENGTH_MODES, REDUCTIONS, LR_SCHEDULES, LENGTH_POLICIES, EXPORTS, BACKENDS)
     assert set(v.DTYPES) == {"auto", *_DTYPES} and set(v.PROMPT_IN_ROWS) == set(PROMPT_IN_ROWS)
     assert set(v.SPLITS) == set(SPLITS)
+    assert v.FIRST_ERROR_LOCATORS == LOCATORS
     for spec in ["sequence", "token", "Token ", "static:1", "static:16", "adaptive:4", "static:0", "adaptive:-1",
                  "static", "static:", "static:x", "window:4", "banana", "", "adaptive:04"]:
         try:

@@ -170,6 +170,7 @@ _PIPELINE_ORDER = (
     ("weights", "pipeline.weights=auto: only when a run's method uses weights, cdpo or cadpo"),
     ("train", "then eval: once per run of pipeline.runs x pipeline.sweep"),
     ("aggregate", ""),
+    ("analyze", "over every run below train/: analysis/"),
 )
 
 
@@ -192,7 +193,7 @@ def pipeline_text(root: Any) -> str:
     except Exception:  # noqa: BLE001
         root_dir = "${paths.root}"
     lines += [f"Writes everything below paths.root ({root_dir}): data/, samples/, pairs/, train/<run>/, eval/<run>/,",
-              "results/, and each stage's output in logs/NN-<stage>[-<run>].log."]
+              "results/, analysis/, and each stage's output in logs/NN-<stage>[-<run>].log."]
     return "\n".join(lines)
 
 

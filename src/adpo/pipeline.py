@@ -174,6 +174,7 @@ def plan(cfg: DictConfig, cli_overrides: Sequence[str]) -> list[Step]:
         add("train", base + r, label)
         add("eval", base + r, label)
     add("aggregate", base)
+    add("analyze", base)
     refuse_shared_step_dirs(steps)
     return steps
 

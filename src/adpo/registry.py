@@ -76,6 +76,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("aggregate", "adpo_eval.aggregate", "aggregate",
           not_hashed=("model", "data", "seed", "eval", *_DATA_SIDE, *_TRAINING),
           summary="finished eval runs -> tables (md/csv/tex), the plot, paper comparison", version="paper-layout-2"),
+    Stage("analyze", "adpo_eval.analyze", "analyze",
+          not_hashed=("model", "data", "seed", "eval", *_DATA_SIDE, *_TRAINING, "analyze.device", "analyze.batch_size"),
+          summary="trained runs -> per-token implicit rewards at the first divergence and first error, tables, plots"),
 )
 
 # Entry points that are not stages: the chain and the SLURM sweep front end.

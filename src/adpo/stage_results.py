@@ -49,4 +49,9 @@ def result_line(stage: str, outputs: Mapping[str, Any]) -> str | None:
         return f"{outputs.get('steps')} steps, final loss {m.get('loss', float('nan')):.4f}{held}{left}"
     if stage == "eval" and "accuracy" in outputs:
         return f"accuracy {outputs['accuracy']:.1%} on {outputs.get('total')} problems"
+    if stage == "analyze" and "excess_share_after_error" in outputs:
+        shown = ", ".join(f"{group} {'-' if value is None else f'{value:+.2f}'}"
+                          for group, value in outputs["excess_share_after_error"].items())
+        return (f"{outputs.get('runs_analysed')} runs; share of rejected answers' negative reward at/after their "
+                f"first error beyond the tokens' share there: {shown} ({outputs.get('report')})")
     return None

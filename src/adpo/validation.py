@@ -36,7 +36,7 @@ from adpo.data.records import DATASETS
 from adpo.registry import STAGES, stage_names
 
 # Repeated from the modules that read them (tests/test_validation.py compares): adpo.losses, adpo.training.engine,
-# adpo.data.tokenize, adpo.export, adpo.generation, adpo.models, adpo_data_prep.sample / prepare.
+# adpo.data.tokenize, adpo.export, adpo.generation, adpo.models, adpo_data_prep.sample / prepare, adpo_eval.first_error.
 SEGMENT_LOSSES = ("sigmoid",)
 LENGTH_MODES = ("max", "min")
 REDUCTIONS = ("sum", "mean", "grid")
@@ -49,6 +49,7 @@ PROMPT_IN_ROWS = ("all", "first")
 SPLITS = ("train", "test")
 GRANULARITY = "sequence, token, static:K or adaptive:M (K, M integers >= 1)"
 WANDB_MODES = ("online", "offline", "disabled")
+FIRST_ERROR_LOCATORS = ("toy", "arithmetic", "none")
 
 
 class ConfigError(CompactHydraException, ValueError):
@@ -345,6 +346,21 @@ SCHEMA: dict[str, Rule] = {
     "aggregate.bootstrap_seed": SEED,
     "aggregate.plot": BOOL,
     "aggregate.print_tables": BOOL,
+    # analyze.yaml
+    "analyze.pairs_file": TEXT | NULL,
+    "analyze.reference_model": TEXT | NULL,
+    "analyze.max_pairs": POSITIVE | NULL,
+    "analyze.sample_seed": SEED,
+    "analyze.first_error": choice("auto", *FIRST_ERROR_LOCATORS),
+    "analyze.window.before": COUNT,
+    "analyze.window.after": COUNT,
+    "analyze.batch_size": POSITIVE,
+    "analyze.device": DEVICE,
+    "analyze.dtype": choice(*DTYPES) | NULL,
+    "analyze.confidence": number(gt=0, lt=1),
+    "analyze.bootstrap_resamples": POSITIVE,
+    "analyze.bootstrap_seed": SEED,
+    "analyze.plot": BOOL,
     # pipeline.yaml
     "pipeline.runs": Rule("a list of runs (each a list of overrides, a mapping or null)",
                           lambda v: isinstance(v, list) and all(_pipeline_run(r) for r in v)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -152,3 +153,88 @@ def load_toy_problems(data_cfg, split: str) -> list[Problem]:
         n = min(n, int(get("limit")))
     return make_problems(n, int(get("seed", 0)), split, min_steps=int(get("min_steps", 2)),
                          max_steps=int(get("max_steps", 3)))
+
+
+# The question's sentences, read back by solve(): the opening, one per step function above, and the closing. They
+# mirror the f-strings of _story and the step functions; a change there must be made here too (the round trip is
+# tested on generated problems of every step count).
+_OPENING = re.compile(r"(?P<name>\w+) has (?P<n>[0-9]+) (?P<item>\w+)\.")
+_CLOSING = re.compile(r"How many (?P<item>\w+) does (?P<name>\w+) have now\?")
+_ADD = re.compile(r"(?P<pronoun>He|She) finds (?P<b>[0-9]+) more (?P<item>\w+)\.")
+_SUBTRACT = re.compile(r"(?P<pronoun>He|She) gives (?P<b>[0-9]+) (?P<item>\w+) to [^.]+\.")
+_BUY_GROUPS = re.compile(r"(?P<pronoun>He|She) buys (?P<k>[0-9]+) \w+ with (?P<m>[0-9]+) (?P<item>\w+) in each\.")
+_MULTIPLY = re.compile(r"Then (?P<pronoun>he|she) (?P<word>doubles|triples) the number of (?P<item>\w+)\.")
+_SHARE = re.compile(r"(?P<pronoun>He|She) splits the (?P<item>\w+) into (?P<d>[0-9]+) equal groups"
+                    r" and keeps one group\.")
+
+
+def _solve_add(v: int, m: re.Match[str]) -> tuple[str, int]:
+    b = int(m["b"])
+    return f"Finds {b}: {v} + {b} = {v + b}.", v + b
+
+
+def _solve_subtract(v: int, m: re.Match[str]) -> tuple[str, int]:
+    b = int(m["b"])
+    return f"Gives {b}: {v} - {b} = {v - b}.", v - b
+
+
+def _solve_buy_groups(v: int, m: re.Match[str]) -> tuple[str, int]:
+    k, n = int(m["k"]), int(m["m"])
+    return f"Buys {k} * {n} = {k * n}, so {v} + {k * n} = {v + k * n}.", v + k * n
+
+
+def _solve_multiply(v: int, m: re.Match[str]) -> tuple[str, int]:
+    k = {"doubles": 2, "triples": 3}[m["word"]]
+    return f"{m['word'].capitalize()}: {v} * {k} = {v * k}.", v * k
+
+
+def _solve_share(v: int, m: re.Match[str]) -> tuple[str, int]:
+    d = int(m["d"])
+    if d == 0 or v % d:
+        # Integer division would write a false equation; the generator only splits into groups that divide evenly.
+        raise ValueError(f"cannot split {v} into {d} equal groups")
+    return f"Keeps one group: {v} / {d} = {v // d}.", v // d
+
+
+_SOLVERS: list[tuple[re.Pattern[str], Callable[[int, re.Match[str]], tuple[str, int]]]] = [
+    (_ADD, _solve_add), (_SUBTRACT, _solve_subtract), (_BUY_GROUPS, _solve_buy_groups), (_MULTIPLY, _solve_multiply),
+    (_SHARE, _solve_share)]
+
+
+def _solve_step(sentence: str, value: int, item: str, pronoun: str | None) -> tuple[str, int, str]:
+    """One step sentence -> (solution line, new value, pronoun); the item and pronoun must stay those of the story."""
+    for pattern, step in _SOLVERS:
+        m = pattern.fullmatch(sentence)
+        if m is None:
+            continue
+        if m["item"] != item or (pronoun is not None and m["pronoun"].capitalize() != pronoun):
+            raise ValueError(f"sentence {sentence!r} is about another item or person than the story ({item!r})")
+        try:
+            line, value = step(value, m)
+        except ValueError as e:
+            raise ValueError(f"sentence {sentence!r}: {e}") from None
+        return line, value, m["pronoun"].capitalize()
+    raise ValueError(f"sentence {sentence!r} follows none of the toy task's step templates")
+
+
+def solve(question: str) -> str:
+    """The worked solution of a toy question, rebuilt from its text alone (`solve(p.question) == p.solution`).
+
+    Lets analyses that hold only a question and a model's answer (a pairs file) compare the answer with the correct
+    one line by line. Raises ValueError naming the first sentence that does not follow the templates.
+    """
+    sentences = re.split(r"(?<=[.?]) ", question.strip())
+    opening = _OPENING.fullmatch(sentences[0])
+    if opening is None:
+        raise ValueError(f"sentence {sentences[0]!r} is not a toy question's opening ('<Name> has <N> <items>.')")
+    name, item, value = opening["name"], opening["item"], int(opening["n"])
+    closing = _CLOSING.fullmatch(sentences[-1]) if len(sentences) > 1 else None
+    if closing is None or (closing["item"], closing["name"]) != (item, name):
+        raise ValueError(f"sentence {sentences[-1]!r} is not the closing 'How many {item} does {name} have now?'")
+    lines: list[str] = []
+    pronoun: str | None = None
+    for sentence in sentences[1:-1]:
+        line, value, pronoun = _solve_step(sentence, value, item, pronoun)
+        lines.append(line)
+    lines.append(f"#### {value}")
+    return "\n".join(lines)
