@@ -13,7 +13,7 @@ import pytest
 
 from adpo_eval.process_stats import PairRewards, aligned_mean, first_divergence, pair_statistics, summarize_runs
 from adpo_eval.token_spans import token_at_char
-from train_helpers import REPO_ROOT, run_train, stage_env, train_overrides
+from train_helpers import REPO_ROOT, run_train, stage_env, train_overrides, write_pairs
 
 # ---------------------------------------------------------------------------------------------- statistics
 
@@ -232,6 +232,39 @@ def test_analyze_a_directory_of_runs_groups_seeds(trained_on_known_errors, toy_m
     per_run = pd.read_csv(out / "runs.csv")
     assert groups["margin"][0] == pytest.approx(per_run["margin"].mean())
     assert groups["margin_low"][0] < groups["margin"][0] < groups["margin_high"][0]
+
+
+@pytest.mark.slow
+def test_analyze_finds_the_first_false_equation_of_gsm8k_style_answers(tmp_path, tiny_model_dir):
+    """A run on data other than the toy task: the first error is the first false `a op b = c` (here the rejected
+    answer's "a + b = wrong")."""
+    from adpo.models import load_tokenizer
+
+    pairs_file = write_pairs(tmp_path / "pairs" / "pairs.jsonl", n=8, seed=4)
+    run_dir = tmp_path / "train" / "dpo-sequence-s0"
+    run_train(train_overrides(tmp_path, tiny_model_dir, pairs_file.parent, run_dir, "method=dpo",
+                              "train.max_steps=2", "train.lr=1e-3", "train.micro_batch_size=4",
+                              "train.gradient_accumulation_steps=1"))
+    out = tmp_path / "analysis"
+    _analyze(f"input_dir={run_dir}", f"output_dir={out}")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    pairs = {json.loads(line)["id"]: json.loads(line) for line in pairs_file.open()}
+    rows = [json.loads(line) for line in (out / "runs" / "dpo-sequence-s0" / "pairs.jsonl").open()]
+    assert len(rows) == 8
+    for row in rows:
+        pair = pairs[row["id"]]
+        wrong = pair["rejected"].split(" = ", 1)[1].split(".", 1)[0]
+        char = pair["rejected"].index(" = ") + 3
+        assert pair["rejected"][char:].startswith(wrong) and wrong != pair["gold"]
+        spans = tokenizer(pair["rejected"], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        expected = next(i for i, (start, end) in enumerate(spans) if start <= char < end)
+        found = row["rejected"]["first_error"]
+        assert found["kind"] == "arithmetic" and found["token"] == expected, (pair["rejected"], found)
+        assert found["expected"] == pair["gold"]
+        assert row["chosen"]["first_error"] is None
+        assert len(row["rejected"]["segments"]) == 1  # DPO: one segment, the whole answer
+        assert row["rejected"]["segments"][0] == pytest.approx(sum(row["rejected"]["rewards"]), abs=1e-5)
+    assert json.loads((out / "runs" / "dpo-sequence-s0" / "summary.json").read_text())["first_error"] == "arithmetic"
 
 
 def test_analyze_without_runs_names_the_directory(tmp_path):

@@ -51,14 +51,15 @@ def plot_aligned(aligned: pd.DataFrame, path: Path) -> bool:
         ax.set_ylabel("mean implicit reward beta * d_t")
         ax.legend(fontsize=6)
     axes[0].set_title("rejected answers, at their first error")
-    axes[1].set_title("chosen (solid) and rejected (dashed), at the first divergence")
+    axes[1].set_title("chosen (solid), rejected (dashed), at the first divergence")
     _save(fig, path)
     return True
 
 
 def plot_share(groups: pd.DataFrame, runs: pd.DataFrame, path: Path, confidence: float) -> bool:
-    """Per group: the excess share of negative reward at/after the first error (mean over seeds with its interval,
-    each seed a dot). Zero is an even spread over the answer."""
+    """Per group: the excess share of negative reward at/after the first error (mean over seeds with its Student-t
+    interval, each seed a dot; a group of one run shows that run's bootstrap interval over pairs). Zero is an even
+    spread over the answer."""
     name = "excess_share_after_error"
     shown = groups[groups[name].notna()] if name in groups else groups.iloc[0:0]
     if shown.empty:
@@ -67,14 +68,18 @@ def plot_share(groups: pd.DataFrame, runs: pd.DataFrame, path: Path, confidence:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(shown) + 2), 3.6))
     for x, (_, g) in enumerate(shown.iterrows()):
         low, high = g[f"{name}_low"], g[f"{name}_high"]
+        members = runs[runs["group"] == g["group"]]
+        if len(members) == 1:
+            low, high = members[f"{name}_low"].iloc[0], members[f"{name}_high"].iloc[0]
         has_interval = low is not None and not (isinstance(low, float) and math.isnan(low))
         err = [[g[name] - low], [high - g[name]]] if has_interval else None
         ax.errorbar([x], [g[name]], yerr=err, fmt="o", color="C0", capsize=4)
-        seeds = runs[runs["group"] == g["group"]][name].dropna()
+        seeds = members[name].dropna()
         ax.scatter([x] * len(seeds), seeds, color="C1", s=10, zorder=3)
     ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(len(shown)), list(shown["group"]), rotation=30, ha="right")
     ax.set_ylabel("negative-reward share at/after error\nminus token share there")
-    ax.set_title(f"mean over seeds, {round(100 * confidence)}% interval; dots: runs")
+    ax.set_title(f"mean over seeds, {round(100 * confidence)}% interval (one run: over pairs); dots: runs",
+                 fontsize=9)
     _save(fig, path)
     return True
