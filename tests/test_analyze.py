@@ -44,6 +44,18 @@ def test_an_even_spread_has_no_excess_and_no_error_leaves_the_error_statistics_u
     assert math.isnan(positive["neg_share_after_error"]) and positive["token_share_after_error"] == 0.8
 
 
+def test_the_share_from_the_divergence_on_separates_the_error_from_where_answers_differ():
+    # Diverge at 2, err at 5: negative reward only between the divergence and the error is "where they differ".
+    rejected = np.array([0.0, 0.0, -0.3, -0.3, -0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
+    before = pair_statistics(PairRewards("p", np.zeros(10), rejected, first_divergence=2, first_error=5))
+    assert before["excess_share_after_error_from_divergence"] == pytest.approx(0.0 - 5 / 8)
+    at_error = pair_statistics(PairRewards("p", np.zeros(10), rejected[::-1].copy(), first_divergence=2,
+                                           first_error=5))
+    assert at_error["excess_share_after_error_from_divergence"] == pytest.approx(3 / 3 - 5 / 8)
+    same = pair_statistics(PairRewards("p", np.zeros(10), rejected, first_divergence=5, first_error=5))
+    assert math.isnan(same["excess_share_after_error_from_divergence"])
+
+
 def test_first_divergence():
     assert first_divergence([1, 2, 3, 4], [1, 2, 5, 4]) == 2
     assert first_divergence([1, 2], [1, 2, 3]) == 2
@@ -190,7 +202,7 @@ def test_analyze_finds_the_written_first_error_and_lines_rewards_up(trained_on_k
         assert row["rejected"]["segments"] == pytest.approx(row["rejected"]["rewards"])  # token granularity
     # The held-out pairs' mean margin is the train stage's own eval/rewards/margins for the final policy.
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    held = [r["statistics"]["margin"] for r in rows if r["heldout"]]
+    held = [sum(r["chosen"]["rewards"]) - sum(r["rejected"]["rewards"]) for r in rows if r["heldout"]]
     assert len(held) == manifest["outputs"]["pairs_held_out"] >= 6
     assert np.mean(held) == pytest.approx(manifest["outputs"]["final_metrics"]["eval/rewards/margins"], rel=1e-3)
 
@@ -211,6 +223,11 @@ def test_analyze_finds_the_written_first_error_and_lines_rewards_up(trained_on_k
     _analyze(f"input_dir={run_dir}", f"output_dir={out}", "analyze.max_pairs=null", "analyze.plot=false")
     assert (out / "manifest.json").stat().st_mtime_ns != manifest_time
     assert (run_out / "pairs.jsonl").stat().st_mtime_ns == pairs_time  # the run's rewards were reused
+    # Another confidence level: the statistics are recomputed from the stored rewards, not the rewards.
+    _analyze(f"input_dir={run_dir}", f"output_dir={out}", "analyze.max_pairs=null", "analyze.confidence=0.5")
+    narrower = json.loads((run_out / "summary.json").read_text())["statistics"]["token_share_after_error"]
+    assert (run_out / "pairs.jsonl").stat().st_mtime_ns == pairs_time
+    assert share["low"] < narrower["low"] <= narrower["estimate"] == pytest.approx(share["estimate"])
 
 
 @pytest.mark.slow

@@ -8,9 +8,10 @@ exact for the toy task, the first false arithmetic statement otherwise). The sta
 how much of a rejected answer's negative reward sits at or after its first error, against a uniform spread, per run
 (bootstrap over pairs) and per group of runs that differ only in their seed (Student-t over seeds).
 
-Outputs in output_dir: runs/<run>/pairs.jsonl (per pair: tokens, rewards, segment sums, anchors, statistics),
-runs/<run>/aligned.csv and runs/<run>/summary.json (made once per run and reused while the run and these settings are
-unchanged), and for all runs: runs.csv, groups.csv, process.md (the tables and a reading guide), aligned.png
+Outputs in output_dir: runs/<run>/pairs.jsonl (per pair: tokens, rewards, segment sums, anchors; computed once per
+run and reused while the run and the settings it depends on are unchanged), runs/<run>/pair_statistics.csv,
+runs/<run>/aligned.csv and runs/<run>/summary.json (recomputed from pairs.jsonl when only the statistics' settings
+change), and for all runs: runs.csv, groups.csv, process.md (the tables and a reading guide), aligned.png
 (mean reward around the first error and the first divergence, one line per group), share.png (the share statistic
 with its intervals), manifest.json.
 """
@@ -29,7 +30,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
-from adpo.io import DataError, atomic_write_jsonl, atomic_write_text, atomic_write_json, file_sha256
+from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, file_sha256, iter_jsonl
 from adpo.manifest import identity, is_complete, mark_running, write_manifest
 from adpo.progress import Progress, progress_every
 from adpo_eval.first_error import FirstError, first_error
@@ -41,11 +42,13 @@ from adpo_eval.trained_runs import TrainedRun, find_trained_runs, load_trained_r
 
 log = logging.getLogger(__name__)
 
-# Bumped when what a run's files hold changes for the same run and settings: older files are recomputed.
-RUN_FORMAT = 1
+# Bumped when what a run's rewards (pairs.jsonl) or its statistics hold changes for the same run and settings: older
+# files are recomputed (the statistics alone from the stored rewards).
+REWARDS_FORMAT = 1
+STATISTICS_FORMAT = 2
 # The statistics shown in process.md's table, in this order (all of STATISTICS are in the CSV files).
-SHOWN = ("excess_share_after_error", "neg_share_after_error", "token_share_after_error", "reward_drop_at_error",
-         "reward_at_error", "margin")
+SHOWN = ("excess_share_after_error", "excess_share_after_error_from_divergence", "neg_share_after_error",
+         "token_share_after_error", "reward_drop_at_error", "reward_at_error", "margin")
 
 
 class NoTrainedRunsError(DataError):
@@ -90,15 +93,14 @@ def _locator(run: TrainedRun, acfg: DictConfig) -> str:
     return "toy" if run.data_source == "toy" else "arithmetic"
 
 
-def _existing(path: Path, made_for: dict) -> dict | None:
+def _read_summary(path: Path) -> dict | None:
     summary = path / "summary.json"
     if not summary.is_file():
         return None
     try:
-        record = json.loads(summary.read_text(encoding="utf-8"))
+        return json.loads(summary.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return record if record.get("made_for") == made_for else None
 
 
 def _resolve_inputs(run: TrainedRun, acfg: DictConfig) -> tuple[Path, str]:
@@ -115,17 +117,61 @@ def analyse_run(run: TrainedRun, out: Path, cfg: DictConfig) -> dict[str, Any]:
     acfg = cfg.analyze
     pairs_file, reference = _resolve_inputs(run, acfg)
     locator = _locator(run, acfg)
-    made_for = {"format": RUN_FORMAT, "run": run.manifest.get("config_hash"),
-                "run_finished": run.manifest.get("finished_at"), "pairs_sha256": file_sha256(pairs_file)[:16],
-                "reference": reference, "first_error": locator,
-                "settings": {k: OmegaConf.to_container(acfg, resolve=True).get(k)
-                             for k in ("max_pairs", "sample_seed", "window", "dtype", "confidence",
-                                       "bootstrap_resamples", "bootstrap_seed")}}
-    found = _existing(out, made_for)
-    if found is not None:
+    settings = OmegaConf.to_container(acfg, resolve=True)
+    # What the rewards depend on (pairs.jsonl: two forward passes per pair), and what the statistics add: a change of
+    # the second recomputes the statistics from the stored rewards, never the forward passes.
+    rewards_key = {"format": REWARDS_FORMAT, "run": run.manifest.get("config_hash"),
+                   "run_finished": run.manifest.get("finished_at"), "pairs_sha256": file_sha256(pairs_file)[:16],
+                   "reference": reference, "first_error": locator,
+                   "settings": {k: settings.get(k) for k in ("max_pairs", "sample_seed", "dtype")}}
+    made_for = {"rewards": rewards_key, "statistics": STATISTICS_FORMAT,
+                "settings": {k: settings.get(k) for k in ("window", "confidence", "bootstrap_resamples",
+                                                          "bootstrap_seed")}}
+    previous = _read_summary(out)
+    if previous is not None and previous.get("made_for") == made_for:
         log.info("analyze: %s already analysed in %s", run.name, out)
-        return found
+        return previous
+    if previous is not None and (previous.get("made_for") or {}).get("rewards") == rewards_key \
+            and (out / "pairs.jsonl").is_file():
+        log.info("analyze: %s: statistics recomputed from the rewards in %s", run.name, out / "pairs.jsonl")
+        rows = [row for _, row in iter_jsonl(out / "pairs.jsonl")]
+    else:
+        rows = _compute_rows(run, pairs_file, reference, locator, cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_jsonl(out / "pairs.jsonl", rows)
+    processed = [_pair_rewards(row) for row in rows]
+    per_pair = pd.DataFrame([{"id": p.pair_id, **pair_statistics(p)} for p in processed])
+    atomic_write_text(out / "pair_statistics.csv", per_pair.to_csv(index=False))
+    window = acfg.window
+    aligned = aligned_frame(processed, before=int(window.before), after=int(window.after))
+    atomic_write_text(out / "aligned.csv", aligned.to_csv(index=False))
+    stats = summarize_pairs(per_pair.to_dict("records"), confidence=float(acfg.confidence),
+                            n_resamples=int(acfg.bootstrap_resamples), seed=int(acfg.bootstrap_seed))
+    summary = {
+        "made_for": made_for, "dir": out.name, "run": run.name, "group": run.group, "seed": run.seed,
+        "path": str(run.path),
+        "method": run.get("method.name"), "granularity": run.granularity, "beta": run.beta,
+        "first_error": locator, "pairs": len(rows), "heldout_pairs": sum(r["heldout"] for r in rows),
+        "rejected_with_error": sum(r["rejected"]["first_error"] is not None for r in rows),
+        "chosen_with_error": sum(r["chosen"]["first_error"] is not None for r in rows),
+        "diverge_before_error": sum(p.first_error is not None and p.first_divergence < p.first_error
+                                    for p in processed),
+        "statistics": {name: _interval(value) for name, value in stats.items()},
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary
 
+
+def _pair_rewards(row: dict) -> PairRewards:
+    error = row["rejected"]["first_error"]
+    return PairRewards(str(row["id"]), np.asarray(row["chosen"]["rewards"], float),
+                       np.asarray(row["rejected"]["rewards"], float), int(row["first_divergence"]),
+                       None if error is None else int(error["token"]))
+
+
+def _compute_rows(run: TrainedRun, pairs_file: Path, reference: str, locator: str, cfg: DictConfig) -> list[dict]:
+    """Per pair: tokens, implicit rewards, segment sums and anchors (two forward passes: policy, reference)."""
+    acfg = cfg.analyze
     import torch
 
     from adpo.models import load_causal_lm, load_policy, load_tokenizer, resolve_device
@@ -157,29 +203,8 @@ def analyse_run(run: TrainedRun, out: Path, cfg: DictConfig) -> dict[str, Any]:
             torch.cuda.empty_cache()
     rewards = implicit_rewards(logps["policy"], logps["reference"], run.beta)
 
-    rows, processed = [], []
-    for pair, (r_chosen, r_rejected) in zip(pairs, rewards):
-        row, rewards_of_pair = _pair_row(pair, r_chosen.numpy(), r_rejected.numpy(), tokenizer, locator, run)
-        rows.append(row)
-        processed.append(rewards_of_pair)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(out / "pairs.jsonl", rows)
-    window = acfg.window
-    aligned = aligned_frame(processed, before=int(window.before), after=int(window.after))
-    atomic_write_text(out / "aligned.csv", aligned.to_csv(index=False))
-    stats = summarize_pairs([r["statistics"] for r in rows], confidence=float(acfg.confidence),
-                            n_resamples=int(acfg.bootstrap_resamples), seed=int(acfg.bootstrap_seed))
-    summary = {
-        "made_for": made_for, "dir": out.name, "run": run.name, "group": run.group, "seed": run.seed,
-        "path": str(run.path),
-        "method": run.get("method.name"), "granularity": run.granularity, "beta": run.beta,
-        "first_error": locator, "pairs": len(rows), "heldout_pairs": sum(r["heldout"] for r in rows),
-        "rejected_with_error": sum(r["rejected"]["first_error"] is not None for r in rows),
-        "chosen_with_error": sum(r["chosen"]["first_error"] is not None for r in rows),
-        "statistics": {name: _interval(value) for name, value in stats.items()},
-    }
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    return [_pair_row(pair, r_chosen.numpy(), r_rejected.numpy(), tokenizer, locator, run)
+            for pair, (r_chosen, r_rejected) in zip(pairs, rewards)]
 
 
 def _subset(pairs: list, max_pairs: int | None, seed: int) -> list:
@@ -211,8 +236,7 @@ def _segment_sums(rewards: np.ndarray, granularity: str) -> list[float]:
     return segment_sums(values, segment_ids(mask, gran), max(count, 1))[0, :count].tolist()
 
 
-def _pair_row(pair, r_chosen: np.ndarray, r_rejected: np.ndarray, tokenizer, locator: str, run: TrainedRun
-              ) -> tuple[dict, PairRewards]:
+def _pair_row(pair, r_chosen: np.ndarray, r_rejected: np.ndarray, tokenizer, locator: str, run: TrainedRun) -> dict:
     question = pair.question
     sides = {}
     for side, ids, rewards in (("chosen", pair.tokens.chosen_ids, r_chosen),
@@ -222,22 +246,13 @@ def _pair_row(pair, r_chosen: np.ndarray, r_rejected: np.ndarray, tokenizer, loc
         sides[side] = {"tokens": [tokenizer.decode([i]) for i in ids], "rewards": [_short(v) for v in rewards],
                        "segments": [_short(v) for v in _segment_sums(rewards, run.granularity)],
                        "first_error": _error_record(tokenizer, ids, found)}
-    diverge = first_divergence(pair.tokens.chosen_ids, pair.tokens.rejected_ids)
-    error = sides["rejected"]["first_error"]
-    processed = PairRewards(pair.record.id, r_chosen, r_rejected, diverge, None if error is None else error["token"])
-    row = {"id": pair.record.id, "problem_id": pair.problem_id,
-           "heldout": pair.heldout, "first_divergence": diverge, **sides,
-           "statistics": _finite(pair_statistics(processed))}
-    return row, processed
+    return {"id": pair.record.id, "problem_id": pair.problem_id, "heldout": pair.heldout,
+            "first_divergence": first_divergence(pair.tokens.chosen_ids, pair.tokens.rejected_ids), **sides}
 
 
 def _short(value: float) -> float:
     """Seven significant digits: float32's precision, which the log-probs were computed in."""
     return float(f"{float(value):.7g}")
-
-
-def _finite(stats: dict[str, float]) -> dict[str, float | None]:
-    return {k: (None if v is None or not math.isfinite(v) else _short(v)) for k, v in stats.items()}
 
 
 def _interval(value: Interval | None) -> dict | None:
@@ -265,6 +280,7 @@ def write_combined(out: Path, summaries: Sequence[dict], cfg: DictConfig) -> dic
     runs = pd.DataFrame([{"run": s["run"], "group": s["group"], "seed": s["seed"], "method": s["method"],
                           "granularity": s["granularity"], "beta": s["beta"], "pairs": s["pairs"],
                           "rejected_with_error": s["rejected_with_error"], "chosen_with_error": s["chosen_with_error"],
+                          "diverge_before_error": s["diverge_before_error"],
                           **{f"{name}": (s["statistics"].get(name) or {}).get("estimate") for name in STATISTICS},
                           **{f"{name}_low": (s["statistics"].get(name) or {}).get("low") for name in STATISTICS},
                           **{f"{name}_high": (s["statistics"].get(name) or {}).get("high") for name in STATISTICS}}
@@ -357,16 +373,18 @@ def process_markdown(groups: pd.DataFrame, runs: pd.DataFrame, summaries: Sequen
         cells += [_fmt(g[name], g[f"{name}_low"], g[f"{name}_high"]) for name in SHOWN]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"## Per run (mean over pairs, {pct}% bootstrap interval over pairs)", ""]
-    header = ["run", "pairs", "rejected with an error", "chosen with an error", *SHOWN]
+    header = ["run", "pairs", "rejected with an error", "chosen with an error", "diverge before the error", *SHOWN]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in runs.iterrows():
-        cells = [str(r["run"]), str(r["pairs"]), str(r["rejected_with_error"]), str(r["chosen_with_error"])]
+        cells = [str(r["run"]), str(r["pairs"]), str(r["rejected_with_error"]), str(r["chosen_with_error"]),
+                 str(r["diverge_before_error"])]
         cells += [_fmt(r[name], r[f"{name}_low"], r[f"{name}_high"]) for name in SHOWN]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## The statistics", ""]
     lines += [f"- `{name}`: {text}" for name, text in STATISTICS.items()]
-    lines += ["", "Per-pair values (tokens, rewards, segment sums, anchors) are in runs/<run>/pairs.jsonl; mean "
-              "rewards by offset from the anchors in aligned.csv (aligned.png)."]
+    lines += ["", "Per-pair values (tokens, rewards, segment sums, anchors) are in runs/<run>/pairs.jsonl and the "
+              "statistics of each pair in runs/<run>/pair_statistics.csv; mean rewards by offset from the anchors in "
+              "aligned.csv (aligned.png)."]
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,9 @@ from adpo_eval.stats import Interval, bootstrap_ci, mean_ci
 STATISTICS: dict[str, str] = {
     "excess_share_after_error": "share of the rejected answer's negative reward at/after its first error, minus "
                                 "the share of its tokens there (0: spread evenly; > 0: concentrated at the error)",
+    "excess_share_after_error_from_divergence": "the same, counting only from the first divergence on, for pairs "
+                                                "whose answers diverge before the error: does the reward find the "
+                                                "error, or only where the answers differ?",
     "neg_share_after_error": "share of the rejected answer's negative reward (sum of max(-r_t, 0)) at/after its "
                              "first error",
     "token_share_after_error": "share of the rejected answer's tokens at/after its first error",
@@ -76,6 +79,11 @@ def pair_statistics(p: PairRewards) -> dict[str, float]:
     if total > 0:
         out["neg_share_after_error"] = float(negative[e:].sum()) / total
         out["excess_share_after_error"] = out["neg_share_after_error"] - out["token_share_after_error"]
+        if d < e:
+            past = float(negative[d:].sum())
+            if past > 0:
+                out["excess_share_after_error_from_divergence"] = (float(negative[e:].sum()) / past
+                                                                   - (n - e) / (n - d))
     out["mean_reward_before_error"] = _mean(rejected[:e])
     out["mean_reward_after_error"] = _mean(rejected[e:])
     out["reward_drop_at_error"] = out["mean_reward_after_error"] - out["mean_reward_before_error"]
