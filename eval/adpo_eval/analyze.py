@@ -33,6 +33,7 @@ from adpo.config import stage_main
 from adpo.io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, file_sha256, iter_jsonl
 from adpo.manifest import identity, is_complete, mark_running, write_manifest
 from adpo.progress import Progress, progress_every
+from adpo.registry import stage as registered
 from adpo_eval.first_error import FirstError, first_error
 from adpo_eval.process_stats import (STATISTICS, PairRewards, aligned_mean, first_divergence, pair_statistics,
                                      summarize_pairs, summarize_runs)
@@ -43,9 +44,10 @@ from adpo_eval.trained_runs import TrainedRun, find_trained_runs, load_trained_r
 log = logging.getLogger(__name__)
 
 # Bumped when what a run's rewards (pairs.jsonl) or its statistics hold changes for the same run and settings: older
-# files are recomputed (the statistics alone from the stored rewards).
+# files are recomputed (the statistics alone from the stored rewards). The statistics' format is the stage's version
+# in adpo.registry, part of its identity, so that the pipeline reruns the stage too; bump it with REWARDS_FORMAT.
 REWARDS_FORMAT = 1
-STATISTICS_FORMAT = 2
+STATISTICS_FORMAT = registered("analyze").version
 # The statistics shown in process.md's table, in this order (all of STATISTICS are in the CSV files).
 SHOWN = ("excess_share_after_error", "excess_share_after_error_from_divergence", "neg_share_after_error",
          "token_share_after_error", "reward_drop_at_error", "reward_at_error", "margin")

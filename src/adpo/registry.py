@@ -78,7 +78,8 @@ STAGES: tuple[Stage, ...] = (
           summary="finished eval runs -> tables (md/csv/tex), the plot, paper comparison", version="paper-layout-2"),
     Stage("analyze", "adpo_eval.analyze", "analyze",
           not_hashed=("model", "data", "seed", "eval", *_DATA_SIDE, *_TRAINING, "analyze.device", "analyze.batch_size"),
-          summary="trained runs -> per-token implicit rewards at the first divergence and first error, tables, plots"),
+          summary="trained runs -> per-token implicit rewards at the first divergence and first error, tables, plots",
+          version="statistics-2"),
 )
 
 # Entry points that are not stages: the chain and the SLURM sweep front end.
