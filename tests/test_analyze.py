@@ -282,6 +282,9 @@ def test_analyze_finds_the_first_false_equation_of_gsm8k_style_answers(tmp_path,
         assert len(row["rejected"]["segments"]) == 1  # DPO: one segment, the whole answer
         assert row["rejected"]["segments"][0] == pytest.approx(sum(row["rejected"]["rewards"]), abs=1e-5)
     assert json.loads((out / "runs" / "dpo-sequence-s0" / "summary.json").read_text())["first_error"] == "arithmetic"
+    # The toy locator on questions that are not the toy task's: refused, naming the pair's line and field.
+    proc = _analyze(f"input_dir={run_dir}", f"output_dir={tmp_path / 'as_toy'}", "analyze.first_error=toy", check=False)
+    assert proc.returncode == 1 and f"{pairs_file}:1: field 'question': analyze.first_error=toy" in proc.stderr
 
 
 def test_analyze_without_runs_names_the_directory(tmp_path):

@@ -244,7 +244,10 @@ def _pair_row(pair, r_chosen: np.ndarray, r_rejected: np.ndarray, tokenizer, loc
     for side, ids, rewards in (("chosen", pair.tokens.chosen_ids, r_chosen),
                                ("rejected", pair.tokens.rejected_ids, r_rejected)):
         text = response_text(tokenizer, ids)
-        found = first_error(locator, question, text) if question is not None or locator == "arithmetic" else None
+        try:
+            found = first_error(locator, question, text) if question is not None or locator == "arithmetic" else None
+        except ValueError as e:  # a question the toy solver cannot read: not a toy pair
+            raise DataError(f"{pair.record.where}: field 'question': analyze.first_error={locator}: {e}") from None
         sides[side] = {"tokens": [tokenizer.decode([i]) for i in ids], "rewards": [_short(v) for v in rewards],
                        "segments": [_short(v) for v in _segment_sums(rewards, run.granularity)],
                        "first_error": _error_record(tokenizer, ids, found)}
