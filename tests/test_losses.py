@@ -146,6 +146,8 @@ def test_hand_computed_token_level():
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert metrics["segments/per_pair"].item() == 3
     assert metrics["segments/win_fraction"].item() == pytest.approx(2 / 3)
+    # beta-scaled segment margins 0.25, -1, 1.5 and pair margin 0.75: none past SATURATED_MARGIN
+    assert metrics["segments/saturated"].item() == 0 and metrics["rewards/saturated"].item() == 0
     assert metrics["rewards/chosen"].item() == pytest.approx(beta * 6)
     assert metrics["rewards/rejected"].item() == pytest.approx(beta * 4.5)
     assert metrics["rewards/accuracies"].item() == 1.0
@@ -154,6 +156,19 @@ def test_hand_computed_token_level():
                                   reduction="mean")
     expected_min = sum(-math.log(1 / (1 + math.exp(-beta * m))) for m in (0.5, -2.0)) / 2
     assert loss_min.item() == pytest.approx(expected_min, rel=1e-12)
+
+
+def test_saturated_pairs_and_segments_are_counted_past_the_margin():
+    # beta 1: token margins 4, -1, 3.5 (two of three segments past 3); the pair's margin 6.5 is past 3, the second
+    # pair's (margins 1, 1, 1; sum 3) is not: s(-3) is the slope where "saturated" starts.
+    d_w = torch.tensor([[4.0, 0.0, 3.5], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    d_l = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = torch.ones_like(d_w, dtype=torch.bool)
+    _, metrics = preference_loss(d_w, d_l, mask, mask, beta=1.0, granularity="token")
+    assert metrics["rewards/saturated"].tolist() == [1.0, 0.0]
+    assert metrics["segments/saturated"].tolist() == pytest.approx([2 / 3, 0.0])
+    _, sequence = preference_loss(d_w, d_l, mask, mask, beta=1.0, granularity="sequence")
+    assert sequence["segments/saturated"].tolist() == sequence["rewards/saturated"].tolist() == [1.0, 0.0]
 
 
 def test_hand_computed_adaptive_and_weights():

@@ -71,9 +71,9 @@ def test_single_process_run_writes_model_metrics_and_manifest(baseline, work, ti
     out, proc = baseline
     rows = read_metrics(out)
     assert len(rows) == STEPS
-    expected = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-                "logps/rejected", "segments/win_fraction", "segments/per_pair", "grad_norm", "learning_rate",
-                "tokens_per_second"}
+    expected = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "rewards/saturated", "logps/chosen", "logps/rejected", "segments/win_fraction", "segments/per_pair",
+                "segments/saturated", "grad_norm", "learning_rate", "tokens_per_second"}
     assert expected <= set(rows[0])
     # The policy starts as the reference: zero log-ratios on the first step, then it learns the preference.
     assert abs(rows[0]["rewards/margins"]) < 1e-5

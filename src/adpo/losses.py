@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from adpo.segments import Granularity, parse_granularity, response_positions, segment_counts, segment_ids, segment_sums
 
 LENGTH_MODES = ("max", "min")
+# A beta-scaled margin past which a log-sigmoid has nearly stopped learning: its slope s(-3) = 0.047 < 0.05. The
+# `*/saturated` metrics count pairs (DPO's sequence margin) and paired segments (each segment's margin) past it.
+SATURATED_MARGIN = 3.0
 REDUCTIONS = ("sum", "mean", "grid")
 
 SegmentLoss = Callable[[torch.Tensor, float], torch.Tensor]
@@ -134,12 +137,15 @@ def preference_loss(
         reward_w = beta * d_w.sum(-1)
         reward_l = beta * d_l.sum(-1)
         wins = ((seg_w > seg_l) & valid).sum(-1).to(loss.dtype)
+        saturated = ((beta * margins > SATURATED_MARGIN) & valid).sum(-1).to(loss.dtype)
         metrics = {
             "rewards/chosen": reward_w,
             "rewards/rejected": reward_l,
             "rewards/margins": reward_w - reward_l,
             "rewards/accuracies": (reward_w > reward_l).to(loss.dtype),
+            "rewards/saturated": (reward_w - reward_l > SATURATED_MARGIN).to(loss.dtype),
             "segments/win_fraction": wins / paired.clamp(min=1).to(loss.dtype),
             "segments/per_pair": paired.to(loss.dtype),
+            "segments/saturated": saturated / paired.clamp(min=1).to(loss.dtype),
         }
     return loss, metrics

@@ -85,9 +85,9 @@ def export_record(cfg: Mapping[str, Any], kind: str, base_model: str, final_metr
 # --- the model card -----------------------------------------------------------------------------------------------
 
 _HUB_DATASETS = {"gsm8k": "openai/gsm8k", "math": "EleutherAI/hendrycks_math"}
-_TRAIN_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
-                  "logps/chosen", "logps/rejected", "segments/win_fraction", "segments/per_pair", "grad_norm",
-                  "learning_rate", "epoch")
+_TRAIN_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/saturated", "rewards/chosen",
+                  "rewards/rejected", "logps/chosen", "logps/rejected", "segments/win_fraction", "segments/per_pair",
+                  "segments/saturated", "grad_norm", "learning_rate", "epoch")
 
 
 def _looks_like_hub_id(name: str | None) -> bool:

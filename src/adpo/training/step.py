@@ -26,10 +26,12 @@ METRIC_NAMES = (
     "rewards/rejected",
     "rewards/margins",
     "rewards/accuracies",
+    "rewards/saturated",
     "logps/chosen",
     "logps/rejected",
     "segments/win_fraction",
     "segments/per_pair",
+    "segments/saturated",
 )
 
 
