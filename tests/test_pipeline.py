@@ -129,6 +129,28 @@ def test_dry_run_prints_the_commands(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_a_stage_section_setting_goes_to_its_stage_only(tmp_path):
+    """Settings of a stage's own section (sft, pairing, criticality, aggregate, analyze) are given to the chain as to
+    the stage, whether or not the experiment sets that key, and reach that stage alone."""
+    proc = subprocess.run([sys.executable, "-m", "adpo.pipeline", "experiment=quickstart", f"paths.root={tmp_path}",
+                           "pipeline.dry_run=true", "sft.hidden_size=256", "sft.steps=100", "pairing.seed=3",
+                           "aggregate.confidence=0.9", "analyze.max_pairs=10"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = {m.group(1): m.group(2) for m in re.finditer(r"^\[pipeline\] +\d+/\d+ (\S+(?: \[\S+\])?) +(.*)$",
+                                                         proc.stdout, re.M)}
+    own = {"sft": ["++sft.hidden_size=256", "++sft.steps=100"], "pairs": ["++pairing.seed=3"],
+           "aggregate": ["++aggregate.confidence=0.9"], "analyze": ["++analyze.max_pairs=10"]}
+    every = [o for settings in own.values() for o in settings]
+    assert "prepare" in lines and "train [adpo-token-s0]" in lines, proc.stdout
+    for step, command in lines.items():
+        expected = own.get(step, [])
+        assert [o for o in every if o in command.split()] == expected, (step, command)
+    # Each stage composes with them: the values arrive.
+    cfg = compose("sft", ["experiment=quickstart", f"paths.root={tmp_path}", "++sft.hidden_size=256"])
+    assert cfg.sft.hidden_size == 256 and cfg.sft.steps == 800
+
+
 # ---------------------------------------------------------------------------------------------- kill and resume
 
 # What a chain produces, compared byte for byte; manifests, logs, timings and wandb ids legitimately differ.

@@ -29,11 +29,11 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from adpo.config import compose, stage_main
+from adpo.config import compose, conf_dir, stage_main
 from adpo.manifest import identity, is_complete, read_manifest
 from adpo.progress import LogFollower
 from adpo.registry import stage as registered
-from adpo.registry import stage_names
+from adpo.registry import STAGES, stage_names
 from adpo.run_dirs import PlannedJob, output_dir_of, plan_output_dirs, refuse_shared_output_dirs
 from adpo.stage_results import result_line
 from adpo.tracking import BASE_RUN
@@ -143,9 +143,11 @@ def plan(cfg: DictConfig, cli_overrides: Sequence[str]) -> list[Step]:
     run_cfgs = [job.config for job in planned_runs]
     labels = [str(c.run_name) for c in run_cfgs]
     steps: list[Step] = []
+    owned = stage_sections()
 
     def add(stage: str, overrides: list[str], label: str = "") -> None:
         if stage in wanted:
+            overrides = for_stage(stage, overrides, owned)
             steps.append(Step(stage, overrides, label, composed(stage, overrides)))
 
     add("prepare", base)
@@ -363,7 +365,43 @@ def _hydra_overrides() -> list[str]:
         return []
 
 
-main = stage_main("pipeline")(run)
+def stage_sections() -> dict[str, set[str]]:
+    """The sections each stage's own primary config adds (sft, pairing, criticality, aggregate, analyze), by stage:
+    the pipeline's config has only what an experiment sets of them."""
+    import yaml
+
+    owned: dict[str, set[str]] = {}
+    for s in STAGES:
+        data = yaml.safe_load((conf_dir() / f"{s.config}.yaml").read_text(encoding="utf-8")) or {}
+        owned[s.name] = {key for key, value in data.items() if isinstance(value, dict)}
+    return owned
+
+
+def _section(override: str) -> str:
+    return _key(override).split(".", 1)[0]
+
+
+def pass_stage_settings(args: Sequence[str]) -> list[str]:
+    """`sft.hidden_size=256` -> `++sft.hidden_size=256` for the sections of stage_sections(): the pipeline's config
+    takes the key as given (Hydra refuses a plain override of a key its config lacks), and plan() hands it to the
+    stage that owns the section, so that any stage's setting can be given to the chain as it is to the stage."""
+    sections = set().union(*stage_sections().values())
+    return [f"++{a}" if "=" in a and a[:1].isalpha() and _section(a) in sections else a for a in args]
+
+
+def for_stage(stage: str, overrides: Sequence[str], owned: Mapping[str, set[str]]) -> list[str]:
+    """The overrides without those of another stage's own section: `aggregate.confidence=0.9` is the aggregate
+    stage's alone (in another stage's config it would only change that stage's identity)."""
+    foreign = set().union(*owned.values()) - owned.get(stage, set())
+    return [o for o in overrides if _section(o) not in foreign]
+
+
+_main = stage_main("pipeline")(run)
+
+
+def main() -> None:
+    sys.argv[1:] = pass_stage_settings(sys.argv[1:])
+    _main()
 
 if __name__ == "__main__":
     main()
