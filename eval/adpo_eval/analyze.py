@@ -37,6 +37,7 @@ from adpo.registry import stage as registered
 from adpo_eval.first_error import FirstError, first_error
 from adpo_eval.process_stats import (STATISTICS, PairRewards, aligned_mean, first_divergence, pair_statistics,
                                      summarize_pairs, summarize_runs)
+from adpo_eval.render import to_markdown
 from adpo_eval.stats import Interval
 from adpo_eval.token_spans import response_text, token_at_char
 from adpo_eval.trained_runs import TrainedRun, find_trained_runs, load_trained_run
@@ -371,20 +372,18 @@ def process_markdown(groups: pd.DataFrame, runs: pd.DataFrame, summaries: Sequen
              f"{len(summaries)} trained runs below {cfg.input_dir}; implicit rewards r_t = beta * (log pi - log "
              "pi_ref) per response token, on the pairs each run trained on (analyze.max_pairs of them).", "",
              f"## Per group of runs (mean over seeds, {pct}% Student-t interval over seeds; one seed: no interval)", ""]
-    header = ["group", "runs", "pairs", *SHOWN]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, g in groups.iterrows():
-        cells = [str(g["group"]), str(g["runs"]), str(g["pairs"])]
-        cells += [_fmt(g[name], g[f"{name}_low"], g[f"{name}_high"]) for name in SHOWN]
-        lines.append("| " + " | ".join(cells) + " |")
+    shown_groups = pd.DataFrame([{"group": g["group"], "runs": g["runs"], "pairs": g["pairs"],
+                                  **{name: _fmt(g[name], g[f"{name}_low"], g[f"{name}_high"]) for name in SHOWN}}
+                                 for _, g in groups.iterrows()])
+    lines += [to_markdown(shown_groups).rstrip()]
     lines += ["", f"## Per run (mean over pairs, {pct}% bootstrap interval over pairs)", ""]
-    header = ["run", "pairs", "rejected with an error", "chosen with an error", "diverge before the error", *SHOWN]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, r in runs.iterrows():
-        cells = [str(r["run"]), str(r["pairs"]), str(r["rejected_with_error"]), str(r["chosen_with_error"]),
-                 str(r["diverge_before_error"])]
-        cells += [_fmt(r[name], r[f"{name}_low"], r[f"{name}_high"]) for name in SHOWN]
-        lines.append("| " + " | ".join(cells) + " |")
+    shown_runs = pd.DataFrame([{"run": r["run"], "pairs": r["pairs"],
+                                "rejected with an error": r["rejected_with_error"],
+                                "chosen with an error": r["chosen_with_error"],
+                                "diverge before the error": r["diverge_before_error"],
+                                **{name: _fmt(r[name], r[f"{name}_low"], r[f"{name}_high"]) for name in SHOWN}}
+                               for _, r in runs.iterrows()])
+    lines += [to_markdown(shown_runs).rstrip()]
     lines += ["", "## The statistics", ""]
     lines += [f"- `{name}`: {text}" for name, text in STATISTICS.items()]
     lines += ["", "Per-pair values (tokens, rewards, segment sums, anchors) are in runs/<run>/pairs.jsonl and the "
