@@ -86,8 +86,12 @@ def test_help_has_usage_io_experiments_groups_and_examples(helps, app):
     assert f"usage: adpo-{app} [" in text
     if app == "pipeline":
         section = text.split("Stages, in order", 1)[1].split("\n\n", 1)[0]
-        shown = [line.split()[1] for line in section.splitlines() if line[:4].strip().rstrip(".").isdigit()]
-        assert shown == ["prepare", "sft", "eval", "sample", "pairs", "weights", "train", "aggregate", "analyze"], section
+        numbered = [line.split(".", 1)[1] for line in section.splitlines() if line[:4].strip().rstrip(".").isdigit()]
+        shown = [line.lstrip(" -").split()[0] for line in numbered]
+        assert shown == ["prepare", "sft", "eval", "sample", "pairs", "weights", "train", "aggregate", "analyze",
+                         "trajectory"], section
+        # Stages the default pipeline.stages leaves out are marked.
+        assert [line.startswith("-") for line in numbered] == [False] * 9 + [True], section
         assert "Writes everything below paths.root (outputs/default/gsm8k/tiny)" in text
     else:
         assert "Reads " in text and "Writes " in text

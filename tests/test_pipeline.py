@@ -50,6 +50,23 @@ def test_quickstart_plan_runs_every_stage_in_chain_order(tmp_path):
     assert steps[5].config.model.name_or_path == f"{tmp_path}/base_model/model"
 
 
+def test_saturation_study_plan_snapshots_every_run_and_measures_them_last(tmp_path):
+    overrides = ["experiment=saturation_study", f"paths.root={tmp_path}"]
+    steps = plan(pipeline_cfg(*overrides), overrides)
+    trains = [s for s in steps if s.stage == "train"]
+    # Four methods x five seeds, each seed with its own samples and pairs.
+    assert len(trains) == 20 and len([s for s in steps if s.stage == "sample"]) == 5
+    for step in trains:
+        t = step.config.train
+        assert (step.config.method.beta, t.lr, t.max_steps, t.snapshot_every) == (0.1, 1.0e-3, 320, 40)
+        assert step.config.input_dir == f"{tmp_path}/pairs/s{step.config.seed}"
+    assert steps[1].config.sft.steps == 1500
+    last = steps[-1]
+    assert last.stage == "trajectory" and last.config.input_dir == f"{tmp_path}/train"
+    assert last.config.trajectory.points_dir == f"{tmp_path}/trajectory/points"
+    assert last.config.data_dir == f"{tmp_path}/data"
+
+
 def test_weights_stage_joins_when_a_run_needs_weights(tmp_path):
     overrides = ["experiment=quickstart", f"paths.root={tmp_path}"]
     cfg = pipeline_cfg(*overrides, "pipeline.runs=[{method:dpo},{method:cadpo}]", "pipeline.base_eval=false")
@@ -156,11 +173,13 @@ def test_a_stage_section_setting_goes_to_its_stage_only(tmp_path):
 # What a chain produces, compared byte for byte; manifests, logs, timings and wandb ids legitimately differ.
 FINAL_OUTPUTS = ["data/*.jsonl", "base_model/model/*", "samples/shard-*.jsonl", "pairs/pairs.jsonl",
                  "train/*/model/*", "eval/*/predictions.jsonl", "results/*.csv", "results/*.md",
-                 "analysis/runs/*/pairs.jsonl", "analysis/*.csv"]
+                 "analysis/runs/*/pairs.jsonl", "analysis/*.csv", "train/*/snapshots/*/model.safetensors",
+                 "trajectory/*.csv", "trajectory/runs/*/trajectory.csv", "trajectory/trajectory.md"]
 # Reports that say where things are (a model card's base model and training data, the tables' eval directories):
 # compared with the root's path replaced. Every other output must not depend on where the chain ran.
 WHERE_RECORDS = ["train/*/model/README.md", "train/*/model/export.json", "train/*/model/eval_results.json",
-                 "results/*.csv", "results/*.md"]
+                 "results/*.csv", "results/*.md", "trajectory/*.csv", "trajectory/runs/*/trajectory.csv",
+                 "trajectory/trajectory.md"]
 
 
 def chain_command(root: Path) -> list[str]:
@@ -263,6 +282,10 @@ def test_killed_chain_resumes_to_the_same_outputs(tmp_path):
     assert re.search(r"pairs +ran in [\d.]+ s: \d+ pairs; base model usable for pairs: \d+% of 32 questions", first)
     assert re.search(r"eval \[adpo-token-s0\] +ran in [\d.]+ s: accuracy [\d.]+% on 24 problems", first)
     assert re.search(r"analyze +ran in [\d.]+ s: 1 runs; share of .* first error .*: adpo-token [-+]\d", first)
+    assert re.search(r"trajectory +ran in [\d.]+ s: 1 runs, 3 points; at the end: adpo-token [\d.]+% at KL -?[\d.]+",
+                     first)
+    curves = (root / "trajectory" / "curves.csv").read_text().splitlines()
+    assert [line.split(",")[5] for line in curves] == ["step", "0", "2", "4"]  # a sampled KL may come out below 0
     analysed = json.loads((root / "analysis" / "runs" / "adpo-token-s0" / "summary.json").read_text())
     assert analysed["first_error"] == "toy" and analysed["pairs"] > 0 and analysed["rejected_with_error"] > 0
     reference = outputs(root)

@@ -33,7 +33,7 @@ def test_identity_never_resolves_what_it_drops():
 def test_every_stage_hashes_an_unknown_key_of_a_group_it_reads(stage):
     group = {"prepare": "data", "sft": "sft", "sample": "sampling", "pairs": "pairing", "weights": "criticality",
              "train": "method", "eval": "eval", "aggregate": "aggregate",
-             "analyze": "analyze"}[stage]
+             "analyze": "analyze", "trajectory": "trajectory"}[stage]
     config = next(s.config for s in STAGES if s.name == stage)
     before = identity(compose(config), stage)
     after = identity(compose(config, [f"+{group}.brand_new_option=1"]), stage)

@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent
 STAGE_CONFIGS = [s.config for s in STAGES] + ["pipeline"]
 # Sections only their own stage's config has (an experiment may set them for every stage).
 SECTION_STAGES = {"sft": "sft", "criticality": "weights", "pairing": "pairs", "aggregate": "aggregate",
-                  "analyze": "analyze"}
+                  "analyze": "analyze", "trajectory": "trajectory"}
 
 
 def _names(group: str) -> list[str]:

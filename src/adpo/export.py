@@ -122,9 +122,10 @@ def _merged_model(base_model: str, model_kwargs: Mapping[str, Any], lora_cfg, st
 
 def export_policy(engine, tokenizer, out_dir: str | Path, cfg, *, model_kwargs: Mapping[str, Any], lora: bool,
                   final_metrics: Mapping[str, Any] | None = None,
-                  summary: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+                  summary: Mapping[str, Any] | None = None, push: bool = True) -> dict[str, Any] | None:
     """Write out_dir from rank 0 (call on every rank): the adapter, merged or full weights as train.export and the
-    run say, the tokenizer, export.json and the model card; then push it when train.push_to_hub. Returns the
+    run say, the tokenizer, export.json and the model card; then push it when train.push_to_hub (and `push`: the
+    snapshots along training are not uploaded). Returns the
     export record on rank 0, None elsewhere."""
     out_dir = Path(out_dir)
     tcfg, mcfg = cfg.train, cfg.model
@@ -160,7 +161,7 @@ def export_policy(engine, tokenizer, out_dir: str | Path, cfg, *, model_kwargs: 
         size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
         log.info("model written to %s (%s, %.1f MB)", out_dir, kind, size / 1e6)
     dist.barrier()
-    if dist.get_rank() == 0 and tcfg.get("push_to_hub"):
+    if push and dist.get_rank() == 0 and tcfg.get("push_to_hub"):
         push_to_hub(out_dir, hub_repo_name(cfg), private=bool(tcfg.get("hub_private", True)))
     return record
 

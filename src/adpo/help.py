@@ -171,6 +171,7 @@ _PIPELINE_ORDER = (
     ("train", "then eval: once per run of pipeline.runs x pipeline.sweep"),
     ("aggregate", ""),
     ("analyze", "over every run below train/: analysis/"),
+    ("trajectory", "over every run's snapshots: trajectory/; only when pipeline.stages names it"),
 )
 
 
@@ -185,15 +186,15 @@ def pipeline_text(root: Any) -> str:
              "pipeline.stages=[...] runs fewer, pipeline.dry_run=true prints the plan):"]
     for i, (name, note) in enumerate(_PIPELINE_ORDER, 1):
         mark = " " if not wanted or name in wanted else "-"
-        lines.append(f"  {i}.{mark}{name.ljust(9)}  {stage(name).summary}")
+        lines.append(f"  {i}.{mark}{name.ljust(10)}  {stage(name).summary}")
         if note:
-            lines.append(f"     {'':9}  ({note})")
+            lines.append(f"     {'':10}  ({note})")
     try:
         root_dir = str(OmegaConf.select(root, "paths.root", throw_on_resolution_failure=True))
     except Exception:  # noqa: BLE001
         root_dir = "${paths.root}"
     lines += [f"Writes everything below paths.root ({root_dir}): data/, samples/, pairs/, train/<run>/, eval/<run>/,",
-              "results/, analysis/, and each stage's output in logs/NN-<stage>[-<run>].log."]
+              "results/, analysis/, trajectory/, and each stage's output in logs/NN-<stage>[-<run>].log."]
     return "\n".join(lines)
 
 

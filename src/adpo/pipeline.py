@@ -177,6 +177,7 @@ def plan(cfg: DictConfig, cli_overrides: Sequence[str]) -> list[Step]:
         add("eval", base + r, label)
     add("aggregate", base)
     add("analyze", base)
+    add("trajectory", base)
     refuse_shared_step_dirs(steps)
     return steps
 
@@ -366,7 +367,7 @@ def _hydra_overrides() -> list[str]:
 
 
 def stage_sections() -> dict[str, set[str]]:
-    """The sections each stage's own primary config adds (sft, pairing, criticality, aggregate, analyze), by stage:
+    """The sections each stage's own primary config adds (sft, pairing, criticality, aggregate, analyze, trajectory), by stage:
     the pipeline's config has only what an experiment sets of them."""
     import yaml
 

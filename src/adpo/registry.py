@@ -80,6 +80,11 @@ STAGES: tuple[Stage, ...] = (
           not_hashed=("model", "data", "seed", "eval", *_DATA_SIDE, *_TRAINING, "analyze.device", "analyze.batch_size"),
           summary="trained runs -> per-token implicit rewards at the first divergence and first error, tables, plots",
           version="statistics-2"),
+    Stage("trajectory", "adpo_eval.trajectory", "trajectory",
+          not_hashed=("model", "seed", "sampling", "pairing", "criticality", "sft", *_TRAINING, "trajectory.device",
+                      "trajectory.batch_size", "trajectory.points_dir", "data_dir", "eval.limit", "eval.shard_size", "eval.grade_workers",
+                      "eval.wandb_table"),
+          summary="trained runs -> accuracy, sampled KL and margins at snapshots along training, matched comparisons"),
 )
 
 # Entry points that are not stages: the chain and the SLURM sweep front end.

@@ -54,4 +54,18 @@ def result_line(stage: str, outputs: Mapping[str, Any]) -> str | None:
                           for group, value in outputs["excess_share_after_error"].items())
         return (f"{outputs.get('runs_analysed')} runs; share of rejected answers' negative reward at/after their "
                 f"first error beyond the tokens' share there: {shown} ({outputs.get('report')})")
+    if stage == "trajectory" and "final_accuracy" in outputs:
+        kl = outputs.get("final_kl") or {}
+        shown = ", ".join(f"{group} {_pct(acc)} at KL {_num(kl.get(group))}"
+                          for group, acc in outputs["final_accuracy"].items())
+        return (f"{outputs.get('runs_measured')} runs, {outputs.get('points')} points; at the end: {shown} "
+                f"({outputs.get('report')})")
     return None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -92,10 +92,16 @@ def _truncate_metrics_log(path: Path, after_step: int) -> None:
 
 # How often to log or save, and how the cache is computed, do not change the training: a run may resume across them.
 BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "eval_every", "resume", "reference_batch_size",
-                    "reference_cache_dir", "export")
+                    "reference_cache_dir", "export", "snapshot_every")
 
 
 CHECKPOINTS = "checkpoints"
+# Evaluable exports of the policy along training (train.snapshot_every): snapshots/step-NNNNNN/, each like model/.
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / SNAPSHOTS / f"step-{step:06d}"
 OUTPUT_OPTION = "paths.train"  # the key that names output_dir, offered when it holds another config's run
 
 
@@ -285,6 +291,17 @@ def setup_training(cfg: DictConfig) -> TrainingSetup:
                          pairs_checks=checks.manifest_outputs(keep))
 
 
+def _export(setup: TrainingSetup, cfg: DictConfig, out_dir: Path, metrics: dict[str, float], step: int) -> None:
+    """The policy as it is now, as an evaluable model directory (every rank calls it; adpo.export)."""
+    from adpo.export import export_policy
+
+    export_policy(setup.engine, setup.tokenizer, out_dir, cfg, model_kwargs=setup.model_kwargs, lora=setup.lora,
+                  final_metrics=metrics, push=step == setup.total_steps,
+                  summary={"steps": step, "pairs": len(setup.pairs),
+                           "pairs_held_out": len(setup.heldout_pairs),
+                           "pairs_dropped_over_length": setup.pairs_dropped})
+
+
 def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict:
     """Train the policy on cfg.input_dir/pairs.jsonl; returns a summary (rank 0's is written to the manifest).
     `on_start` is called on rank 0 once the run is set up and before it writes anything to output_dir."""
@@ -334,6 +351,7 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict:
                    bar=setup.progress, every_s=progress_every(cfg), enabled=rank == 0)
     pairs_per_step, first_step, loop_start = schedule.global_batch, step, time.perf_counter()
     save_every, log_every = int(tcfg.save_every or 0), max(int(tcfg.log_every or 1), 1)
+    snapshot_every = int(tcfg.get("snapshot_every") or 0)
     eval_every = max(int(tcfg.get("eval_every") or log_every), 1)
     stop = StopRequest()
     while step < total_steps:
@@ -364,6 +382,8 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict:
             if wandb_run is not None:
                 wandb_run.log(row, step=step)
         bar.update(1, pairs_per_s=pairs_per_step * (step - first_step) / max(time.perf_counter() - loop_start, 1e-9))
+        if snapshot_every and step % snapshot_every == 0 and step < total_steps:
+            _export(setup, cfg, snapshot_dir(output_dir, step), last, step)
         stopping = step < total_steps and stop.agreed(world)
         if stopping or step == total_steps or (save_every and step % save_every == 0):
             checkpoint.save(engine, ckpt_dir, step, {"config_hash": run_hash}, keep=int(tcfg.keep_checkpoints),
@@ -381,12 +401,7 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict:
 
     # --- the model for the eval stage ---------------------------------------------------------------------------
     # LoRA: the adapter (train.export=adapter, default) or merged full weights; a model card beside it (adpo.export).
-    from adpo.export import export_policy
-
-    export_policy(engine, setup.tokenizer, output_dir / "model", cfg, model_kwargs=setup.model_kwargs,
-                  lora=setup.lora, final_metrics=last,
-                  summary={"steps": total_steps, "pairs": len(setup.pairs), "pairs_held_out": len(setup.heldout_pairs),
-                           "pairs_dropped_over_length": setup.pairs_dropped})
+    _export(setup, cfg, output_dir / "model", last, total_steps)
     if wandb_run is not None:
         wandb_run.summary.update({f"final/{k}": v for k, v in last.items()})
         wandb_run.finish()
