@@ -58,7 +58,8 @@ def test_saturation_study_plan_snapshots_every_run_and_measures_them_last(tmp_pa
     assert len(trains) == 20 and len([s for s in steps if s.stage == "sample"]) == 5
     for step in trains:
         t = step.config.train
-        assert (step.config.method.beta, t.lr, t.max_steps, t.snapshot_every) == (0.1, 1.0e-3, 320, 40)
+        assert (step.config.method.beta, t.lr, t.max_steps) == (0.1, 1.0e-3, 320)
+        assert list(t.snapshot_at)[:2] == [4, 8] and max(t.snapshot_at) < 320
         assert step.config.input_dir == f"{tmp_path}/pairs/s{step.config.seed}"
     assert steps[1].config.sft.steps == 1500
     last = steps[-1]

@@ -194,21 +194,23 @@ def snapshotted_runs(tmp_path_factory, toy_model):
     for seed in (0, 1):
         pairs_dir = root / "pairs" / f"s{seed}"
         _write_toy_pairs(pairs_dir / "pairs.jsonl", seed)
-        for method in (["method=dpo"], ["method=adpo", "method.granularity=token"]):
+        # Snapshots every step, asked for both ways: every N steps, and at listed steps.
+        for method in (["method=dpo", "train.snapshot_every=1"],
+                       ["method=adpo", "method.granularity=token", "train.snapshot_at=[1,2]"]):
             name = f"{method[0].split('=')[1]}-s{seed}"
             run_train(train_overrides(root, toy_model, pairs_dir, root / "train" / name, *method, f"seed={seed}",
                                       f"run_name={name}", "train.max_steps=3", "train.lr=5e-3",
                                       "train.micro_batch_size=4", "train.gradient_accumulation_steps=1",
-                                      "train.heldout_pairs=4", "train.eval_every=1", "train.snapshot_every=1",
-                                      "data=toy"))
+                                      "train.heldout_pairs=4", "train.eval_every=1", "data=toy"))
     return root
 
 
 @pytest.mark.slow
 def test_snapshots_are_evaluable_models_of_the_policy_along_training(snapshotted_runs):
     run = snapshotted_runs / "train" / "dpo-s0"
-    snapshots = sorted(p.name for p in (run / "snapshots").iterdir())
-    assert snapshots == ["step-000001", "step-000002"]  # the last step is model/ itself
+    for name in ("dpo-s0", "adpo-s1"):
+        snapshots = sorted(p.name for p in (snapshotted_runs / "train" / name / "snapshots").iterdir())
+        assert snapshots == ["step-000001", "step-000002"], name  # the last step is model/ itself
     record = json.loads((run / "snapshots" / "step-000002" / "export.json").read_text())
     assert record["steps"] == 2 and record["run_name"] == "dpo-s0"  # the card says which step it is
     from adpo.models import load_policy

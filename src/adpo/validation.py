@@ -227,6 +227,8 @@ SCHEMA: dict[str, Rule] = {
     "train.heldout_pairs": COUNT | NULL,
     "train.eval_every": POSITIVE | NULL,
     "train.snapshot_every": POSITIVE | NULL,
+    "train.snapshot_at": Rule("a list of steps (integers >= 1)", lambda v: isinstance(v, list) and all(
+        _is_int(s) and s >= 1 for s in v)) | NULL,
     "train.gradient_checkpointing": BOOL,
     "train.logps_chunk_size": POSITIVE | NULL,
     "train.reference_model": TEXT | NULL,

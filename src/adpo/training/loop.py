@@ -92,7 +92,7 @@ def _truncate_metrics_log(path: Path, after_step: int) -> None:
 
 # How often to log or save, and how the cache is computed, do not change the training: a run may resume across them.
 BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "eval_every", "resume", "reference_batch_size",
-                    "reference_cache_dir", "export", "snapshot_every")
+                    "reference_cache_dir", "export", "snapshot_every", "snapshot_at")
 
 
 CHECKPOINTS = "checkpoints"
@@ -352,6 +352,7 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict:
     pairs_per_step, first_step, loop_start = schedule.global_batch, step, time.perf_counter()
     save_every, log_every = int(tcfg.save_every or 0), max(int(tcfg.log_every or 1), 1)
     snapshot_every = int(tcfg.get("snapshot_every") or 0)
+    snapshot_at = {int(s) for s in tcfg.get("snapshot_at") or ()}
     eval_every = max(int(tcfg.get("eval_every") or log_every), 1)
     stop = StopRequest()
     while step < total_steps:
@@ -382,7 +383,7 @@ def train(cfg: DictConfig, on_start: Callable[[], None] | None = None) -> dict:
             if wandb_run is not None:
                 wandb_run.log(row, step=step)
         bar.update(1, pairs_per_s=pairs_per_step * (step - first_step) / max(time.perf_counter() - loop_start, 1e-9))
-        if snapshot_every and step % snapshot_every == 0 and step < total_steps:
+        if step < total_steps and ((snapshot_every and step % snapshot_every == 0) or step in snapshot_at):
             _export(setup, cfg, snapshot_dir(output_dir, step), last, step)
         stopping = step < total_steps and stop.agreed(world)
         if stopping or step == total_steps or (save_every and step % save_every == 0):
