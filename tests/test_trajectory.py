@@ -42,7 +42,7 @@ def test_values_at_kl_interpolate_between_points_and_never_extrapolate():
     run = pd.DataFrame({"kl": [0.0, 2.0, 1.0], "accuracy": [0.8, 0.2, 0.6]})  # out of KL order on purpose
     out = at_kl(run, "accuracy", [0.5, 1.5, 2.0, 2.5])
     assert out[:3] == pytest.approx([0.7, 0.4, 0.2]) and math.isnan(out[3])
-    assert kl_grid(pd.DataFrame({"kl": [0.0, 1.0, 4.0]}), 4) == [1.0, 2.0, 3.0, 4.0]
+    assert kl_grid(pd.DataFrame({"kl": [0.0, 1.0, 4.0]}), 4) == [0.5, 1.0, 2.0, 4.0]
 
 
 def test_matched_kl_pairs_seeds_where_both_runs_reached_the_kl():

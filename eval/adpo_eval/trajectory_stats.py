@@ -76,11 +76,12 @@ def at_kl(run_points: pd.DataFrame, metric: str, grid: Sequence[float]) -> np.nd
 
 
 def kl_grid(curves: pd.DataFrame, points: int) -> list[float]:
-    """`points` KL values evenly spaced up to the largest KL the runs reached (0 excluded: every run starts there)."""
+    """`points` KL values doubling up to the largest KL the runs reached: a policy's accuracy changes most in its
+    first nats, so an even spacing would put nearly every value where the runs have already changed."""
     top = float(curves["kl"].max()) if len(curves) and curves["kl"].notna().any() else 0.0
     if top <= 0:
         return []
-    return [float(v) for v in np.linspace(0.0, top, int(points) + 1)[1:]]
+    return [top / 2.0 ** k for k in range(int(points) - 1, -1, -1)]
 
 
 def matched_kl(curves: pd.DataFrame, baseline: str, metric: str, grid: Sequence[float],

@@ -374,6 +374,8 @@ SCHEMA: dict[str, Rule] = {
     "trajectory.device": DEVICE,
     "trajectory.dtype": choice(*DTYPES) | NULL,
     "trajectory.baseline": TEXT,
+    "trajectory.kl_grid": Rule("a list of KL values > 0", lambda v: isinstance(v, list) and all(
+        _is_number(k) and k > 0 for k in v)) | NULL,
     "trajectory.kl_grid_points": POSITIVE,
     "trajectory.saturation_margin": number(gt=0),
     "trajectory.confidence": number(gt=0, lt=1),
