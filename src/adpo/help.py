@@ -171,7 +171,7 @@ _PIPELINE_ORDER = (
     ("train", "then eval: once per run of pipeline.runs x pipeline.sweep"),
     ("aggregate", ""),
     ("analyze", "over every run below train/: analysis/"),
-    ("trajectory", "over every run's snapshots: trajectory/; only when pipeline.stages names it"),
+    ("trajectory", "pipeline.trajectory=auto: when a run exports snapshots, train.snapshot_every/_at"),
 )
 
 

@@ -177,7 +177,11 @@ def plan(cfg: DictConfig, cli_overrides: Sequence[str]) -> list[Step]:
         add("eval", base + r, label)
     add("aggregate", base)
     add("analyze", base)
-    add("trajectory", base)
+    trajectory = p.get("trajectory", "auto")
+    if trajectory == "auto":
+        trajectory = any(c.train.get("snapshot_every") or c.train.get("snapshot_at") for c in run_cfgs)
+    if trajectory:
+        add("trajectory", base)
     refuse_shared_step_dirs(steps)
     return steps
 

@@ -387,6 +387,7 @@ SCHEMA: dict[str, Rule] = {
     "pipeline.base_eval": BOOL,
     "pipeline.sft": choice("auto") | BOOL,
     "pipeline.weights": choice("auto") | BOOL,
+    "pipeline.trajectory": choice("auto") | BOOL,
     "pipeline.data_keys": TEXTS | NULL,
     "pipeline.stages": Rule("a list of stages among " + ", ".join(stage_names()),
                             lambda v: isinstance(v, list) and all(s in stage_names() for s in v)),
