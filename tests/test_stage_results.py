@@ -32,3 +32,8 @@ def test_result_lines_from_manifest_outputs():
     assert result_line("sft", {"greedy_accuracy": {"accuracy": 0.355, "problems": 400}}) == \
         "base model greedy accuracy 35.5% on 400 test problems"
     assert result_line("prepare", {"train": {"problems": 3}}) is None
+    trajectory = {"runs_measured": 2, "points": 18, "report": "trajectory.md",
+                  "final_accuracy": {"dpo-sequence": 0.02, "adpo-token": None},
+                  "final_kl": {"dpo-sequence": 318.2, "adpo-token": None}}
+    assert result_line("trajectory", trajectory) == (
+        "2 runs, 18 points; at the end: dpo-sequence 2.0% at KL 318.20, adpo-token - at KL - (trajectory.md)")
