@@ -270,6 +270,8 @@ def write_combined(out: Path, curves: pd.DataFrame, logged: pd.DataFrame, runs: 
                          "final_accuracy": final["accuracy"], "final_kl": final["kl"],
                          "start_accuracy": points.sort_values("step").iloc[0]["accuracy"]})
     runs_frame = pd.DataFrame(run_rows)
+    crossing = f"first_step_margin_past_{threshold:g}"
+    runs_frame[crossing] = runs_frame[crossing].astype("Int64")  # a step, or <NA>: never
     atomic_write_text(out / "runs.csv", runs_frame.to_csv(index=False))
     written = {"curves": "curves.csv", "groups": "groups.csv", "matched_step": "matched_step.csv",
                "matched_kl": "matched_kl.csv", "margins": "margins.csv", "runs": "runs.csv"}
@@ -335,7 +337,12 @@ def trajectory_markdown(groups: pd.DataFrame, by_step: pd.DataFrame, by_kl: pd.D
                  f"minus {baseline}": _fmt(r["difference"], r["low"], r["high"]) if r["group"] != baseline else ""}
                 for _, r in acc.iterrows()]
         lines += [to_markdown(pd.DataFrame(wide)).rstrip()]
-    lines += ["", "## Runs", "", to_markdown(runs.drop(columns=["group"])).rstrip(), "",
+    shown_runs = runs.drop(columns=["group"]).copy()
+    for column in ("final_margin", "final_saturated", "final_accuracy", "final_kl", "start_accuracy"):
+        shown_runs[column] = shown_runs[column].map(lambda v: _fmt(v, digits=2 if column == "final_kl" else 3))
+    crossing = next(c for c in shown_runs.columns if c.startswith("first_step_margin_past_"))
+    shown_runs[crossing] = shown_runs[crossing].map(lambda v: "never" if pd.isna(v) else str(int(v)))
+    lines += ["", "## Runs", "", to_markdown(shown_runs).rstrip(), "",
               "Files: curves.csv (every point of every run), groups.csv, matched_step.csv, matched_kl.csv (accuracy "
               "and margins), margins.csv (the training log at every logged step), runs/<run>/trajectory.csv."]
     return "\n".join(lines) + "\n"
