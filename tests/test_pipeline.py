@@ -68,6 +68,27 @@ def test_saturation_study_plan_snapshots_every_run_and_measures_them_last(tmp_pa
     assert last.config.data_dir == f"{tmp_path}/data"
 
 
+@pytest.mark.slow
+def test_saturation_study_command_runs_shrunk(tmp_path):
+    """The README's `adpo-pipeline experiment=saturation_study` as written, plus the documented +shrink=toy, run from
+    a fresh working directory: every stage, snapshots, the trajectory and its comparisons."""
+    script = Path(sys.executable).parent / "adpo-pipeline"
+    proc = subprocess.run([str(script), "experiment=saturation_study", "+shrink=toy"], cwd=tmp_path,
+                          env={**chain_env(), "WANDB_SILENT": "true"}, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    root = tmp_path / "outputs" / "saturation_study" / "toy" / "tiny"
+    runs = ["adpo-adaptive4-s0", "adpo-static4-s0", "adpo-token-s0", "dpo-sequence-s0"]
+    assert sorted(p.name for p in (root / "train").iterdir()) == runs
+    for run in runs:
+        assert [p.name for p in (root / "train" / run / "snapshots").iterdir()] == ["step-000002"]
+    curves = (root / "trajectory" / "curves.csv").read_text().splitlines()
+    assert len(curves) == 1 + 4 * 3  # the reference, the snapshot and the final model of each run
+    matched = (root / "trajectory" / "matched_step.csv").read_text()
+    assert all(f"{group},dpo-sequence," in matched for group in ("adpo-token", "adpo-static4", "adpo-adaptive4"))
+    assert (root / "results" / "main.csv").is_file() and (root / "analysis" / "groups.csv").is_file()
+    assert re.search(r"trajectory +ran in [\d.]+ s: 4 runs, 12 points", proc.stdout)
+
+
 def test_weights_stage_joins_when_a_run_needs_weights(tmp_path):
     overrides = ["experiment=quickstart", f"paths.root={tmp_path}"]
     cfg = pipeline_cfg(*overrides, "pipeline.runs=[{method:dpo},{method:cadpo}]", "pipeline.base_eval=false")
@@ -266,6 +287,12 @@ def check_wandb_runs(root: Path) -> None:
     accuracy = json.loads((root / "eval" / "adpo-token-s0" / "metrics.json").read_text())["accuracy"]
     assert policy_eval["summary"]["eval/accuracy"] == accuracy
     assert "train_run_id" not in evals["base-tiny-toy"]["config"] and "base" in evals["base-tiny-toy"]["tags"]
+    # The runs that summarise others: their tables and plots.
+    for job_type, table, plot in (("analyze", "groups", "aligned"), ("trajectory", "matched_kl", "trajectory")):
+        [summary_run] = by_type[job_type]
+        logged = {k: v for h in summary_run["history"] for k, v in h.items()}
+        assert summary_run["name"] == f"{job_type}-tiny_chain", summary_run["name"]
+        assert logged[f"tables/{table}/_type"] == "table-file" and logged[f"plots/{plot}/_type"] == "image-file"
 
 
 @pytest.mark.slow

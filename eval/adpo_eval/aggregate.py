@@ -29,7 +29,7 @@ from adpo.config import stage_main
 from adpo.io import DataError, atomic_write_text
 from adpo.manifest import identity, is_complete, mark_running, write_manifest
 from adpo.registry import stage as registered
-from adpo.tracking import init_wandb
+from adpo.tracking import log_tables_and_images
 from adpo_eval.methods import Methods
 from adpo_eval.paper import paper_numbers, resolve_path
 from adpo_eval.plot import plot_granularity
@@ -150,17 +150,7 @@ def _write_results(out: Path, runs: Sequence[EvalRun], group_by: Sequence[str], 
 
 def _log_to_wandb(cfg: DictConfig, tables: dict[str, pd.DataFrame], plot: Path | None) -> None:
     """One wandb run per aggregation: each table as a wandb.Table (the cells as shown), the plot as an image."""
-    run = init_wandb(cfg, job_type="aggregate", name=f"aggregate-{cfg.get('experiment_name')}")
-    if run is None:
-        return
-    import wandb
-
-    logged: dict[str, Any] = {f"tables/{name}": wandb.Table(dataframe=frame.astype(str))
-                              for name, frame in tables.items()}
-    if plot is not None:
-        logged["plots/granularity"] = wandb.Image(str(plot))
-    run.log(logged)
-    run.finish()
+    log_tables_and_images(cfg, "aggregate", tables, {"granularity": plot} if plot is not None else {})
 
 
 main = stage_main("aggregate")(run)

@@ -344,18 +344,9 @@ def _aligned_by_group(out: Path, summaries: Sequence[dict]) -> pd.DataFrame | No
 
 def _log_to_wandb(cfg: DictConfig, groups: pd.DataFrame, runs: pd.DataFrame, plots: Sequence[Path]) -> None:
     """One wandb run per analysis (job type "analyze"): the group and run tables, the plots as images."""
-    from adpo.tracking import init_wandb
+    from adpo.tracking import log_tables_and_images
 
-    run = init_wandb(cfg, job_type="analyze", name=f"analyze-{cfg.get('experiment_name')}")
-    if run is None:
-        return
-    import wandb
-
-    logged: dict[str, Any] = {"tables/groups": wandb.Table(dataframe=groups.astype(str)),
-                              "tables/runs": wandb.Table(dataframe=runs.astype(str))}
-    logged.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in plots})
-    run.log(logged)
-    run.finish()
+    log_tables_and_images(cfg, "analyze", {"groups": groups, "runs": runs}, {p.stem: p for p in plots})
 
 
 def _fmt(estimate: Any, low: Any, high: Any) -> str:

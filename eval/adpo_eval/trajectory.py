@@ -350,20 +350,10 @@ def trajectory_markdown(groups: pd.DataFrame, by_step: pd.DataFrame, by_kl: pd.D
 
 def _log_to_wandb(cfg: DictConfig, groups: pd.DataFrame, by_step: pd.DataFrame, by_kl: pd.DataFrame,
                   plot: Path | None) -> None:
-    from adpo.tracking import init_wandb
+    from adpo.tracking import log_tables_and_images
 
-    run = init_wandb(cfg, job_type="trajectory", name=f"trajectory-{cfg.get('experiment_name')}")
-    if run is None:
-        return
-    import wandb
-
-    logged: dict[str, Any] = {"tables/groups": wandb.Table(dataframe=groups.astype(str)),
-                              "tables/matched_step": wandb.Table(dataframe=by_step.astype(str)),
-                              "tables/matched_kl": wandb.Table(dataframe=by_kl.astype(str))}
-    if plot is not None:
-        logged["plots/trajectory"] = wandb.Image(str(plot))
-    run.log(logged)
-    run.finish()
+    log_tables_and_images(cfg, "trajectory", {"groups": groups, "matched_step": by_step, "matched_kl": by_kl},
+                          {"trajectory": plot} if plot is not None else {})
 
 
 main = stage_main("trajectory")(run)

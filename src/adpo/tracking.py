@@ -154,3 +154,20 @@ def log_stage_summary(cfg: DictConfig, job_type: str, summary: Mapping[str, Any]
         data = [[row.get(c) for c in columns] for row in rows[:EXAMPLES_LOGGED]]
         run.log({f"{job_type}/examples": wandb.Table(columns=list(columns), data=data)}, step=0)
     run.finish()
+
+
+def log_tables_and_images(cfg: DictConfig, job_type: str, tables: Mapping[str, Any],
+                          images: Mapping[str, Any] = ()) -> None:
+    """One run named `<job_type>-<experiment>` for a stage that summarises many runs (aggregate, analyze,
+    trajectory): each pandas table as `tables/<name>` (cells as strings, as shown), each image file as
+    `plots/<name>`."""
+    run = init_wandb(cfg, job_type=job_type, name=f"{job_type}-{cfg.get('experiment_name')}")
+    if run is None:
+        return
+    import wandb
+
+    logged: dict[str, Any] = {f"tables/{name}": wandb.Table(dataframe=frame.astype(str))
+                              for name, frame in tables.items()}
+    logged.update({f"plots/{name}": wandb.Image(str(path)) for name, path in dict(images).items()})
+    run.log(logged)
+    run.finish()
