@@ -371,8 +371,8 @@ def _hydra_overrides() -> list[str]:
 
 
 def stage_sections() -> dict[str, set[str]]:
-    """The sections each stage's own primary config adds (sft, pairing, criticality, aggregate, analyze, trajectory), by stage:
-    the pipeline's config has only what an experiment sets of them."""
+    """The sections each stage's own primary config adds (sft, pairing, criticality, aggregate, analyze,
+    trajectory), by stage: the pipeline's config has only what an experiment sets of them."""
     import yaml
 
     owned: dict[str, set[str]] = {}

@@ -96,13 +96,14 @@ BOOKKEEPING_KEYS = ("save_every", "keep_checkpoints", "log_every", "eval_every",
 
 
 CHECKPOINTS = "checkpoints"
-# Evaluable exports of the policy along training (train.snapshot_every): snapshots/step-NNNNNN/, each like model/.
+OUTPUT_OPTION = "paths.train"  # the key that names output_dir, offered when it holds another config's run
+# Evaluable exports of the policy along training (train.snapshot_every / snapshot_at): snapshots/step-NNNNNN/, each
+# like model/; adpo-trajectory measures them.
 SNAPSHOTS = "snapshots"
 
 
 def snapshot_dir(output_dir: Path, step: int) -> Path:
     return output_dir / SNAPSHOTS / f"step-{step:06d}"
-OUTPUT_OPTION = "paths.train"  # the key that names output_dir, offered when it holds another config's run
 
 
 def work_identity(config: Any) -> dict[str, Any]:
