@@ -40,7 +40,7 @@ from adpo_eval.process_stats import (STATISTICS, PairRewards, aligned_mean, firs
 from adpo_eval.render import to_markdown
 from adpo_eval.stats import Interval
 from adpo_eval.token_spans import response_text, token_at_char
-from adpo_eval.trained_runs import TrainedRun, find_trained_runs, load_trained_run
+from adpo_eval.trained_runs import TrainedRun, load_trained_run, trained_runs_below
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +54,10 @@ SHOWN = ("excess_share_after_error", "excess_share_after_error_from_divergence",
          "token_share_after_error", "reward_drop_at_error", "reward_at_error", "margin")
 
 
-class NoTrainedRunsError(DataError):
-    """No finished train run at or below input_dir."""
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     root = Path(cfg.input_dir)
-    run_dirs = find_trained_runs([root])
-    if not run_dirs:
-        raise NoTrainedRunsError(
-            f"analyze: no finished train run (manifest.json of a complete train stage and model/) at or below {root} "
-            f"({'exists' if root.is_dir() else 'does not exist'}). Point input_dir at a run directory or a directory "
-            "of runs (e.g. outputs/<experiment>/<data>/<model>/train).")
+    run_dirs = trained_runs_below(root, "analyze")
     key = identity(cfg, "analyze")
     if is_complete(out, key, run_dirs):
         log.info("analyze: %s is up to date with %d runs; skipping", out, len(run_dirs))

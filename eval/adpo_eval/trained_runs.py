@@ -118,3 +118,19 @@ def find_trained_runs(roots: Iterable[str | Path]) -> list[Path]:
         if root.is_dir():
             found.update(p.parent for p in root.rglob(MANIFEST) if is_trained_run(p.parent))
     return sorted(found)
+
+
+class NoTrainedRunsError(DataError):
+    """No finished train run at or below a stage's input_dir."""
+
+
+def trained_runs_below(root: str | Path, stage: str) -> list[Path]:
+    """find_trained_runs([root]) for a stage that needs at least one: NoTrainedRunsError naming the directory."""
+    root = Path(root)
+    run_dirs = find_trained_runs([root])
+    if not run_dirs:
+        raise NoTrainedRunsError(
+            f"{stage}: no finished train run (manifest.json of a complete train stage and model/) at or below {root} "
+            f"({'exists' if root.is_dir() else 'does not exist'}). Point input_dir at a run directory or a directory "
+            "of runs (e.g. outputs/<experiment>/<data>/<model>/train).")
+    return run_dirs

@@ -33,9 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from adpo.config import stage_main
 from adpo.io import DataError, atomic_write_json, atomic_write_text, iter_jsonl
-from adpo.manifest import identity, is_complete, mark_running, model_identity, write_manifest
+from adpo.manifest import config_hash, identity, is_complete, mark_running, model_identity, write_manifest
 from adpo_eval.render import to_markdown
-from adpo_eval.trained_runs import TrainedRun, find_trained_runs, load_trained_run
+from adpo_eval.trained_runs import TrainedRun, load_trained_run, trained_runs_below
 from adpo_eval.trajectory_stats import first_step_past, group_curves, kl_grid, matched_kl, matched_step
 
 log = logging.getLogger(__name__)
@@ -54,18 +54,9 @@ POINT_FIELDS = ("accuracy", "correct", "total", "kl", "kl_sem", "kl_samples", "k
 COMPARED = ("accuracy", "kl", "margin", "eval_margin", "saturated", "eval_saturated", "logps_chosen")
 
 
-class NoTrainedRunsError(DataError):
-    """No finished train run at or below input_dir."""
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     out, root = Path(cfg.output_dir), Path(cfg.input_dir)
-    run_dirs = find_trained_runs([root])
-    if not run_dirs:
-        raise NoTrainedRunsError(
-            f"trajectory: no finished train run (manifest.json of a complete train stage and model/) at or below "
-            f"{root} ({'exists' if root.is_dir() else 'does not exist'}). Point input_dir at a run directory or a "
-            "directory of runs (e.g. outputs/<experiment>/<data>/<model>/train).")
+    run_dirs = trained_runs_below(root, "trajectory")
     key = identity(cfg, "trajectory")
     problems, problems_file = _problems(cfg)
     inputs = [*run_dirs, *([problems_file] if problems_file else [])]
@@ -142,7 +133,7 @@ def measure_run(run: TrainedRun, problems: list, out: Path, cfg: DictConfig) -> 
     rows = []
     for step, model in evaluated_points(run):
         made_for = {"model": model_identity(model), "reference": reference_id if step else None, **settings}
-        digest = hashlib.sha256(json.dumps(made_for, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        digest = config_hash(made_for)
         file = points_dir(cfg) / f"{digest}.json"
         point = _read_point(file, made_for)
         if point is None:
